@@ -1,0 +1,56 @@
+"""meshfer evaluate: metrics of an expression model on a labelled data folder."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import landmarker_options, positive_int, print_json, warn
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        parents=parents,
+        help="accuracy, macro-F1, per-class table and confusion matrix on a face_<label> folder",
+        description="Evaluate an expression model on DATA_DIR (face_<label> folders). Every image counts: one "
+        "where no face is found is wrong. Reports accuracy, accuracy on found faces, coverage, macro-F1, "
+        "per-class precision/recall/F1 and the confusion matrix.",
+    )
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of face_<label> sub-folders")
+    p.add_argument("--model", default="default", help="expression model name or card path (default: the default)")
+    p.add_argument("--meshes", metavar="FILE", help="cache the extracted meshes in this .npz (re-runs are fast)")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..datasets import scan_dataset
+    from ..evaluation import evaluate_table, format_metrics
+    from ..extract import extract
+    from ..models import get_card, default_card, load_model
+
+    card = default_card("expression") if args.model == "default" else get_card(args.model, "expression")
+    if card is None:
+        warn("no expression model is installed")
+        return 2
+    model = load_model(card)
+    dataset = scan_dataset(args.data_dir)
+    for problem in dataset.problems:
+        warn(f"skipped {problem}")
+    unknown = sorted(set(dataset.labels) - set(card.labels))
+    if unknown:
+        warn(f"labels {', '.join(unknown)} are not among the model's labels; their images are left out")
+    table = extract(dataset, args.meshes, workers=args.workers, options=landmarker_options(args),
+                    progress=not args.no_progress)
+    metrics = evaluate_table(model, table)
+    metrics["model"] = card.name
+    metrics["data"] = str(args.data_dir)
+    if args.json:
+        print_json(metrics)
+    else:
+        print(f"model {card.name} on {args.data_dir}")
+        print(format_metrics(metrics))
+    return 0

@@ -1,0 +1,230 @@
+"""Labelled image folders: a data root holds ``<prefix><label>`` sub-folders of images.
+
+Expressions use ``face_<label>`` (face_angry, face_happy, ...); the companion models use
+``eye_<label>`` and ``mouth_<label>``. Labels come from the folder names, in sorted order.
+
+Augmented copies written by ``augment.py`` are named ``augmented_<name>`` (then
+``augmented2_<name>``, ``augmented3_<name>``, ...) beside their source. Every image carries a
+*group*: the source image it derives from, so that a split keeps a source and its copies together.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import DatasetError
+from .images import is_image_file
+
+__all__ = [
+    "EXPRESSION_PREFIX",
+    "AUGMENTED_RE",
+    "ImageRecord",
+    "Problem",
+    "Dataset",
+    "scan_dataset",
+    "scan_paths",
+    "group_of",
+    "is_augmented",
+    "augmented_name",
+    "group_split",
+]
+
+EXPRESSION_PREFIX = "face_"
+#: File-name prefix of augmented copies: ``augmented_`` or ``augmented<k>_`` (k >= 2).
+AUGMENTED_RE = re.compile(r"^augmented(\d*)_")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image file with its label ('' when unlabelled) and group (its source image)."""
+
+    path: Path
+    label: str
+    group: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file or folder that was skipped, and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Dataset:
+    """The result of scanning a data root: images, labels in order, and what was skipped."""
+
+    root: Path | None
+    records: list[ImageRecord]
+    labels: list[str]
+    problems: list[Problem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [r.path for r in self.records]
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per label, in label order."""
+        out = {label: 0 for label in self.labels}
+        for r in self.records:
+            out[r.label] = out.get(r.label, 0) + 1
+        return out
+
+    def limit(self, per_class: int | None, seed: int = 0) -> "Dataset":
+        """A copy with at most ``per_class`` images per label (random but reproducible); None keeps all."""
+        if per_class is None:
+            return self
+        rng = np.random.default_rng(seed)
+        by_label: dict[str, list[ImageRecord]] = {}
+        for r in self.records:
+            by_label.setdefault(r.label, []).append(r)
+        kept: list[ImageRecord] = []
+        for label in self.labels:
+            items = by_label.get(label, [])
+            if len(items) > per_class:
+                idx = np.sort(rng.choice(len(items), per_class, replace=False))
+                items = [items[i] for i in idx]
+            kept.extend(items)
+        return Dataset(self.root, kept, list(self.labels), list(self.problems))
+
+
+def is_augmented(path: str | Path) -> bool:
+    """True for files written by augment.py (``augmented_<name>``, ``augmented2_<name>``, ...)."""
+    return AUGMENTED_RE.match(Path(path).name) is not None
+
+
+def augmented_name(source: str | Path, copy: int = 1) -> str:
+    """File name of the ``copy``-th augmented copy of ``source`` (1 -> ``augmented_<name>``)."""
+    name = Path(source).name
+    return f"augmented_{name}" if copy <= 1 else f"augmented{copy}_{name}"
+
+
+def group_of(path: str | Path, root: str | Path | None = None) -> str:
+    """The group of an image: its source image's path (relative to ``root`` when given), with the
+    augmented prefix removed, so ``face_sad/augmented2_x.jpg`` and ``face_sad/x.jpg`` share a group."""
+    path = Path(path)
+    name = AUGMENTED_RE.sub("", path.name, count=1)
+    source = path.with_name(name)
+    if root is not None:
+        try:
+            return source.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return source.as_posix()
+
+
+def scan_dataset(
+    root: str | Path, prefix: str = EXPRESSION_PREFIX, *, labels: Sequence[str] | None = None
+) -> Dataset:
+    """Find the ``<prefix><label>`` folders under ``root`` and the image files in them.
+
+    Non-image files, unreadable folders and empty class folders are recorded in
+    ``Dataset.problems`` (and skipped). Raises DatasetError when ``root`` is missing or holds no
+    class folder. ``labels`` restricts (and orders) the classes; a listed label without a folder is
+    a problem, not an error.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    folders = {
+        p.name[len(prefix):]: p for p in sorted(root.iterdir()) if p.is_dir() and p.name.startswith(prefix)
+    }
+    if not folders:
+        raise DatasetError(f"{root}: no '{prefix}<label>' folders found (expected e.g. {prefix}happy/)")
+    wanted = list(labels) if labels is not None else sorted(folders)
+    problems: list[Problem] = []
+    records: list[ImageRecord] = []
+    for label in wanted:
+        folder = folders.get(label)
+        if folder is None:
+            problems.append(Problem(str(root / f"{prefix}{label}"), "class folder missing"))
+            continue
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            problems.append(Problem(str(folder), f"cannot list folder ({exc.strerror or exc})"))
+            continue
+        n_before = len(records)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                problems.append(Problem(str(entry), "sub-folder ignored"))
+            elif not is_image_file(entry):
+                problems.append(Problem(str(entry), "not an image file (extension)"))
+            else:
+                records.append(ImageRecord(entry, label, group_of(entry, root)))
+        if len(records) == n_before:
+            problems.append(Problem(str(folder), "empty class folder (no images)"))
+    return Dataset(root, records, wanted, problems)
+
+
+def scan_paths(inputs: Iterable[str | Path]) -> Dataset:
+    """Unlabelled images from files and folders (folders expand to their images, recursively).
+
+    Missing paths and non-image files are recorded as problems.
+    """
+    records: list[ImageRecord] = []
+    problems: list[Problem] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+            images = [q for q in found if is_image_file(q)]
+            if not images:
+                problems.append(Problem(str(p), "folder holds no images"))
+            records.extend(ImageRecord(q, "", group_of(q)) for q in images)
+        elif p.is_file():
+            records.append(ImageRecord(p, "", group_of(p)))
+        else:
+            problems.append(Problem(str(p), "no such file or folder"))
+    return Dataset(None, records, [], problems)
+
+
+def group_split(
+    groups: Sequence[str] | np.ndarray,
+    test_size: float = 0.1,
+    *,
+    seed: int = 0,
+    stratify: Sequence[str] | np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test) such that no group has members on both sides.
+
+    With ``stratify`` (one label per item) the split is made per label, so class shares stay
+    close to the whole set's. Deterministic for a given seed.
+    """
+    groups = np.asarray(groups)
+    n = len(groups)
+    rng = np.random.default_rng(seed)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    if stratify is None:
+        strata = np.zeros(len(uniq), dtype=int)
+    else:
+        labels = np.asarray(stratify)
+        # A group's stratum is the label of its first member.
+        first = np.full(len(uniq), -1)
+        for i in range(n - 1, -1, -1):
+            first[inverse[i]] = i
+        _, strata = np.unique(labels[first], return_inverse=True)
+    test_groups = np.zeros(len(uniq), dtype=bool)
+    for s in np.unique(strata):
+        members = np.flatnonzero(strata == s)
+        k = int(round(len(members) * test_size))
+        if k:
+            test_groups[rng.choice(members, k, replace=False)] = True
+    is_test = test_groups[inverse]
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)

@@ -1,0 +1,67 @@
+"""Running exported models with ONNX Runtime: the lean prediction path (no scikit-learn, no
+TensorFlow)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelError
+from .card import ModelCard
+
+__all__ = ["OnnxModel"]
+
+
+class OnnxModel:
+    """A classifier or regressor stored as ONNX, with its :class:`ModelCard`.
+
+    Runs single-threaded: the models are tiny, and a thread pool costs more than it saves.
+    """
+
+    def __init__(self, card: ModelCard) -> None:
+        import onnxruntime as ort
+
+        self.card = card
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(card.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{card.model_path}: cannot load ONNX model ({first})") from None
+        inputs = self._session.get_inputs()
+        self._input = inputs[0].name
+        self._dtype = np.float64 if "double" in inputs[0].type else np.float32
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def _run(self, features: np.ndarray) -> list[np.ndarray]:
+        x = np.asarray(features, dtype=self._dtype)
+        if x.ndim == 1:
+            x = x[None]
+        if x.shape[1] != self.card.n_features:
+            raise ValueError(
+                f"model {self.card.name!r} expects {self.card.n_features} features "
+                f"({self.card.feature_set}), got {x.shape[1]}"
+            )
+        return self._session.run(None, {self._input: np.ascontiguousarray(x)})
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """(N, n_labels) class probabilities, columns in ``card.labels`` order."""
+        if not self.card.is_classifier:
+            raise TypeError(f"model {self.card.name!r} is a regressor")
+        out = dict(zip(self._outputs, self._run(features)))
+        proba = out.get("probabilities")
+        if proba is None:
+            proba = next(v for v in out.values() if np.ndim(v) == 2)
+        return np.asarray(proba, dtype=np.float64)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Classifiers: (N,) label strings. Regressors: (N, n_targets) float array."""
+        if self.card.is_classifier:
+            proba = self.predict_proba(features)
+            return np.asarray(self.card.labels)[proba.argmax(axis=1)]
+        out = np.asarray(self._run(features)[0], dtype=np.float64)
+        return out.reshape(len(out), -1)

@@ -1,0 +1,65 @@
+"""Training recipes: how each shipped model is reproduced from the data (``meshfer train NAME``).
+
+Each recipe is a function ``train(name, config) -> ModelCard`` in a module of this package (or in
+:mod:`meshfer.gnn`); :data:`RECIPES` maps model names to ``"module:function"`` so that nothing heavy
+is imported until a recipe runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["TrainConfig", "RECIPES", "get_recipe", "load_meshes"]
+
+
+@dataclass
+class TrainConfig:
+    """What every recipe receives (from ``meshfer train`` or a notebook)."""
+
+    train_dir: Path  # face_<label> (or eye_/mouth_) folders to fit on
+    val_dir: Path | None = None  # folders to select on and report (None: a held-out group split)
+    output_dir: Path = Path("models")  # where <name>.json and its model file are written
+    cache_dir: Path | None = None  # mesh cache files (.npz) go here; None: no cache
+    workers: int | None = None
+    limit_per_class: int | None = None
+    seed: int = 0
+    overwrite: bool = False
+    landmarker: Path | None = None
+    default: bool = False  # mark the written card as its task's default
+    options: dict[str, Any] = field(default_factory=dict)  # recipe-specific (e.g. epochs)
+
+
+#: model name -> "module:function" (module relative to meshfer).
+RECIPES: dict[str, str] = {}
+
+
+def get_recipe(name: str) -> Callable[[str, TrainConfig], Any]:
+    """The training function of a model name; KeyError listing the valid names."""
+    try:
+        target = RECIPES[name]
+    except KeyError:
+        raise KeyError(f"no training recipe for {name!r}; valid: {', '.join(sorted(RECIPES)) or '(none)'}") from None
+    module, func = target.split(":")
+    return getattr(importlib.import_module(f"meshfer.{module}"), func)
+
+
+def load_meshes(directory: Path, config: TrainConfig, prefix: str = "face_", progress: bool = True) -> Any:
+    """Face meshes of a data folder (a MeshTable), through the cache in ``config.cache_dir``."""
+    import hashlib
+
+    from ..extract import extract
+    from ..landmarks import LandmarkerOptions
+
+    directory = Path(directory)
+    cache = None
+    if config.cache_dir is not None:
+        tag = hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:8]
+        cache = Path(config.cache_dir) / f"{directory.name}-{tag}.npz"
+    from ..datasets import scan_dataset
+
+    dataset = scan_dataset(directory, prefix).limit(config.limit_per_class, seed=config.seed)
+    return extract(dataset, cache, workers=config.workers, options=LandmarkerOptions(model_path=config.landmarker),
+                   prefix=prefix, progress=progress)
