@@ -19,7 +19,7 @@ _EXPORTS = {
     "RunningMode": "landmarks",
     "BLENDSHAPE_NAMES": "landmarks",
     "MeshTable": "meshtable",
-    "extract": "extract",
+    "extract_folder": "extract",
     "read_image": "images",
     "scan_dataset": "datasets",
     "resolve_landmarker": "assets",

@@ -26,7 +26,7 @@ from .errors import ImageReadError, MeshferError
 from .landmarks import FaceLandmarker, LandmarkerOptions
 from .meshtable import STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE, MeshTable
 
-__all__ = ["extract", "ExtractStats", "default_workers", "process_image"]
+__all__ = ["extract", "extract_folder", "cache_file", "ExtractStats", "default_workers", "process_image"]
 
 _CHUNK = 16
 
@@ -353,3 +353,33 @@ def _run_pool(
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def cache_file(directory: str | Path, cache_dir: str | Path, per_class: int | None = None) -> Path:
+    """The mesh cache file of a data folder inside ``cache_dir``: ``<name>-<hash of the absolute
+    path>[-n<per_class>].npz``, so different folders (and samples) never share a file."""
+    import hashlib
+
+    directory = Path(directory).expanduser().absolute()
+    tag = hashlib.sha1(str(directory).encode()).hexdigest()[:8]
+    suffix = f"-n{per_class}" if per_class else ""
+    return Path(cache_dir) / f"{directory.name}-{tag}{suffix}.npz"
+
+
+def extract_folder(
+    directory: str | Path,
+    cache_dir: str | Path | None = None,
+    *,
+    per_class: int | None = None,
+    prefix: str = EXPRESSION_PREFIX,
+    seed: int = 0,
+    workers: int | None = None,
+    options: LandmarkerOptions | None = None,
+    progress: bool = True,
+) -> MeshTable:
+    """Face meshes of a labelled data folder, at most ``per_class`` images per label (a
+    reproducible random sample), cached in ``cache_dir`` (see :func:`cache_file`) when given.
+    The one-liner for notebooks and training recipes."""
+    dataset = scan_dataset(directory, prefix).limit(per_class, seed=seed)
+    output = cache_file(directory, cache_dir, per_class) if cache_dir is not None else None
+    return extract(dataset, output, workers=workers, options=options, prefix=prefix, progress=progress)

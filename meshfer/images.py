@@ -63,8 +63,10 @@ def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
                 arr = (arr * (255.0 / max(peak, 255.0))).clip(0, 255).astype(np.uint8)
                 return np.stack([arr] * 3, axis=-1)
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:  # Pillow raises many exception types for bad data
-        raise ImageReadError(name, f"not a readable image ({type(exc).__name__})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(name, "not a readable image") from None
+    except Exception as exc:  # Pillow raises many exception types for damaged data
+        raise ImageReadError(name, f"not a readable image (damaged: {exc})") from None
 
 
 def read_image(path: str | Path) -> np.ndarray:

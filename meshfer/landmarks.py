@@ -12,6 +12,7 @@ which attempt found it. Landmarks are always given in the coordinates of the ori
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import enum
 import importlib.abc
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -217,6 +219,25 @@ def _captured_stderr(enabled: bool) -> Iterator[list[str]]:
             captured.append(tmp.read().decode("utf-8", "replace"))
 
 
+def _close_before_shutdown(landmarker: "FaceLandmarker") -> None:
+    """Close ``landmarker`` (if still alive) when the interpreter exits, while MediaPipe's dispatcher
+    thread still runs: closing it later, from MediaPipe's own ``__del__`` during module teardown,
+    prints a TypeError traceback. ``threading._register_atexit`` runs before thread pools shut
+    down (``atexit`` runs after)."""
+    ref = weakref.ref(landmarker)
+
+    def close() -> None:
+        obj = ref()
+        if obj is not None:
+            obj.close()
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        (register or atexit.register)(close)
+    except RuntimeError:  # interpreter already shutting down
+        pass
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -243,6 +264,7 @@ class FaceLandmarker:
             self.options.min_face_detection_confidence, self.options.min_face_presence_confidence
         )
         self._permissive: Any = None
+        _close_before_shutdown(self)
 
     @classmethod
     def create_from_options(cls, options: LandmarkerOptions) -> "FaceLandmarker":

@@ -48,18 +48,10 @@ def get_recipe(name: str) -> Callable[[str, TrainConfig], Any]:
 
 def load_meshes(directory: Path, config: TrainConfig, prefix: str = "face_", progress: bool = True) -> Any:
     """Face meshes of a data folder (a MeshTable), through the cache in ``config.cache_dir``."""
-    import hashlib
-
-    from ..extract import extract
+    from ..extract import extract_folder
     from ..landmarks import LandmarkerOptions
 
-    directory = Path(directory)
-    cache = None
-    if config.cache_dir is not None:
-        tag = hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:8]
-        cache = Path(config.cache_dir) / f"{directory.name}-{tag}.npz"
-    from ..datasets import scan_dataset
-
-    dataset = scan_dataset(directory, prefix).limit(config.limit_per_class, seed=config.seed)
-    return extract(dataset, cache, workers=config.workers, options=LandmarkerOptions(model_path=config.landmarker),
-                   prefix=prefix, progress=progress)
+    return extract_folder(
+        directory, config.cache_dir, per_class=config.limit_per_class, prefix=prefix, seed=config.seed,
+        workers=config.workers, options=LandmarkerOptions(model_path=config.landmarker), progress=progress,
+    )
