@@ -23,6 +23,8 @@ _EXPORTS = {
     "read_image": "images",
     "scan_dataset": "datasets",
     "resolve_landmarker": "assets",
+    "analyze_video": "video",
+    "VideoAnalyzer": "video",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -14,6 +14,7 @@ Feature sets used by the models are registered by name in :data:`FEATURE_SETS` a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -118,7 +119,11 @@ def mesh_adjacency(self_loops: bool = False) -> np.ndarray:
 def polygon_area(points: np.ndarray) -> np.ndarray:
     """Area of polygons given as (..., K, 2+) vertex arrays (shoelace formula on x, y)."""
     x, y = points[..., 0], points[..., 1]
-    return 0.5 * np.abs(np.sum(x * np.roll(y, -1, axis=-1) - np.roll(x, -1, axis=-1) * y, axis=-1))
+    # The next vertex of each vertex; np.roll does the same but costs ~4x more on one small face,
+    # which matters per video frame.
+    xn = np.concatenate([x[..., 1:], x[..., :1]], axis=-1)
+    yn = np.concatenate([y[..., 1:], y[..., :1]], axis=-1)
+    return 0.5 * np.abs(np.sum(x * yn - xn * y, axis=-1))
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray, cap: float) -> np.ndarray:
@@ -257,3 +262,246 @@ def _fs_eye(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndar
 @register_feature_set("mouth", "(f) mouth features (4)")
 def _fs_mouth(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
     return mouth_features(lm, sizes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Companion models: eye state, mouth state and gaze (see meshfer.training.companions).
+#
+# MediaPipe's blendshape names use the subject's sides, like the landmark groups: eyeBlinkLeft
+# belongs to the subject's left eye (landmarks 362/263, on the right of an unmirrored photo). On
+# FER-2013 train, eyeBlinkLeft - eyeBlinkRight correlates at -0.40 with EAR(left) - EAR(right)
+# (Eye Closeness/data.ipynb shows the check).
+
+#: Per-eye blendshapes of the eye-state features ("Left"/"Right" is appended for each eye).
+EYE_STATE_BLENDSHAPES = ("eyeBlink", "eyeSquint", "eyeWide", "eyeLookDown", "eyeLookUp")
+EYE_STATE_GEOMETRY_NAMES = EYE_FEATURE_NAMES + ("iris_ratio", "brow_height")
+EYE_STATE_FEATURE_NAMES = EYE_STATE_GEOMETRY_NAMES + tuple(f"{b}" for b in EYE_STATE_BLENDSHAPES)
+
+#: Lower eyebrow line and upper-lid midpoint of each eye (subject's sides).
+_BROW_LOWER = {"left": (276, 283, 282, 295, 285), "right": (46, 53, 52, 65, 55)}
+_UPPER_LID_MID = {"left": 386, "right": 159}
+_LOWER_LID_MID = {"left": 374, "right": 145}
+_IRIS = {"left": (473, (474, 475, 476, 477)), "right": (468, (469, 470, 471, 472))}
+
+
+def _blendshape_index(name: str) -> int:
+    from .landmarks import BLENDSHAPE_NAMES
+
+    return list(BLENDSHAPE_NAMES).index(name)
+
+
+@lru_cache(maxsize=1)
+def _eye_state_indices() -> dict[str, np.ndarray]:
+    """Landmark and blendshape indices of both eyes ([left, right] on the first axis), so that
+    the per-eye features are computed for both eyes at once (a few dozen NumPy calls per batch:
+    this runs on every video frame)."""
+    sides = ("left", "right")
+    return {
+        "contour": np.array([topology.eye_contour(s) for s in sides]),  # (2, 16)
+        "ear": np.array([topology.EYE_EAR_POINTS[s] for s in sides]),  # (2, 6): p1..p6
+        "iris": np.array([_IRIS[s][0] for s in sides]),  # (2,)
+        "ring": np.array([_IRIS[s][1] for s in sides]),  # (2, 4)
+        "brow": np.array([_BROW_LOWER[s] for s in sides]),  # (2, 5)
+        "lid": np.array([_UPPER_LID_MID[s] for s in sides]),  # (2,)
+        "blendshapes": np.array([[_blendshape_index(b + s) for b in EYE_STATE_BLENDSHAPES] for s in ("Left", "Right")]),
+    }
+
+
+def eye_state_features(
+    landmarks: np.ndarray, blendshapes: np.ndarray | None = None, image_sizes: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-eye state features, (N, 2, K) for the subject's [left, right] eye.
+
+    Each eye is described in a side-independent way (distances, ratios and the eye's own
+    blendshapes), so a right-eye row looks like the row of the mirrored left eye and one model
+    serves both eyes. Columns (:data:`EYE_STATE_FEATURE_NAMES`): the four :func:`eye_features`
+    (same values), ``iris_ratio`` (lid-to-lid height / iris diameter, capped at 100),
+    ``brow_height`` (lower eyebrow line to upper-lid midpoint / nose-to-forehead distance) and,
+    when ``blendshapes`` is given, the eye's eyeBlink, eyeSquint, eyeWide, eyeLookDown and
+    eyeLookUp scores (K = 11; without blendshapes K = 6).
+    """
+    idx = _eye_state_indices()
+    lm = isotropic(landmarks, image_sizes)
+    xy = lm[:, :, :2]
+    scale = face_scale(lm)[:, None]  # (N, 1): broadcasts over the two eyes
+    p = xy[:, idx["ear"]]  # (N, 2, 6, 2)
+    width = np.linalg.norm(p[:, :, 0] - p[:, :, 3], axis=-1)
+    height = 0.5 * (np.linalg.norm(p[:, :, 1] - p[:, :, 5], axis=-1) + np.linalg.norm(p[:, :, 2] - p[:, :, 4], axis=-1))
+    diameter = 2.0 * np.linalg.norm(xy[:, idx["ring"]] - xy[:, idx["iris"], None], axis=-1).mean(axis=-1)
+    brow = xy[:, idx["brow"]].mean(axis=2)
+    cols = [
+        polygon_area(xy[:, idx["contour"]]) / scale**2,
+        _safe_ratio(width, height, 100.0),
+        _safe_ratio(height, width, 100.0),
+        height / scale,
+        _safe_ratio(height, diameter, 100.0),
+        np.linalg.norm(brow - xy[:, idx["lid"]], axis=-1) / scale,
+    ]
+    out = np.stack(cols, axis=-1).astype(np.float32, copy=False)
+    if blendshapes is None:
+        return out
+    bs = blendshape_features(blendshapes)[:, idx["blendshapes"]]  # (N, 2, 5)
+    return np.concatenate([out, bs], axis=2)
+
+
+#: Mouth blendshapes of the mouth-state features (Left/Right pairs are averaged).
+MOUTH_STATE_BLENDSHAPES = ("jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthUpperUp", "mouthLowerDown")
+MOUTH_STATE_FEATURE_NAMES = MOUTH_FEATURE_NAMES + MOUTH_STATE_BLENDSHAPES
+
+
+@lru_cache(maxsize=1)
+def _mouth_state_weights() -> np.ndarray:
+    """(52, 6) matrix taking the blendshapes to the mouth-state scores (pairs averaged)."""
+    from .landmarks import BLENDSHAPE_NAMES
+
+    w = np.zeros((len(BLENDSHAPE_NAMES), len(MOUTH_STATE_BLENDSHAPES)), dtype=np.float32)
+    for j, name in enumerate(MOUTH_STATE_BLENDSHAPES):
+        if name in BLENDSHAPE_NAMES:
+            w[_blendshape_index(name), j] = 1.0
+        else:
+            w[_blendshape_index(name + "Left"), j] = 0.5
+            w[_blendshape_index(name + "Right"), j] = 0.5
+    w.setflags(write=False)
+    return w
+
+
+def mouth_state_features(landmarks: np.ndarray, blendshapes: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
+    """Mouth-state features, (N, 10): the four :func:`mouth_features` then the jawOpen,
+    mouthClose, mouthFunnel and mouthPucker scores and the means of mouthUpperUpLeft/Right and
+    mouthLowerDownLeft/Right (:data:`MOUTH_STATE_FEATURE_NAMES`)."""
+    scores = blendshape_features(blendshapes) @ _mouth_state_weights()
+    return np.concatenate([mouth_features(landmarks, image_sizes), scores], axis=1)
+
+
+_SIDES = ("left", "right")
+
+
+def _eye_frames(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For both eyes ([left, right] on axis 1), in the image plane: centres (N, 2, 3), widths
+    (N, 2), unit axes u (N, 2, 2; corner to corner, image left to right) and v (perpendicular,
+    image downwards)."""
+    corners = np.array([topology.EYE_CORNERS[s] for s in _SIDES])  # upright, unmirrored face: [image-left, image-right]
+    pa, pb = lm[:, corners[:, 0]], lm[:, corners[:, 1]]
+    centre = 0.5 * (pa + pb)
+    d = pb[..., :2] - pa[..., :2]
+    width = np.maximum(np.linalg.norm(d, axis=-1), EPS)
+    u = d / width[..., None]
+    v = np.stack([-u[..., 1], u[..., 0]], axis=-1)
+    return centre, width, u, v
+
+
+def _in_eye_frames(points: np.ndarray, centre: np.ndarray, width: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(N, 2, K, 2) coordinates of (N, 2, K, 3) points (K per eye) along each eye's (u, v) from its
+    centre, in eye widths."""
+    r = points[..., :2] - centre[:, :, None, :2]
+    return np.stack([(r * u[:, :, None]).sum(-1), (r * v[:, :, None]).sum(-1)], axis=-1) / width[:, :, None, None]
+
+
+def _head_pose_proxies(lm: np.ndarray, centre: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """(N, 7) head-pose cues from the eye frames: nose tip relative to the eyes' midpoint (x, y,
+    z) and the depth difference of the eye centres, in inter-ocular distances; each eye's width /
+    inter-ocular distance; chin-to-forehead depth difference (pitch)."""
+    cl, cr = centre[:, 0], centre[:, 1]
+    mid = 0.5 * (cl + cr)
+    iod = np.maximum(np.linalg.norm(cl[:, :2] - cr[:, :2], axis=-1), EPS)
+    nose = (lm[:, NOSE_TIP] - mid) / iod[:, None]
+    return np.stack(
+        [nose[:, 0], nose[:, 1], nose[:, 2], (cl[:, 2] - cr[:, 2]) / iod, width[:, 0] / iod, width[:, 1] / iod,
+         (lm[:, 152, 2] - lm[:, 10, 2]) / iod],
+        axis=1,
+    )
+
+
+@lru_cache(maxsize=1)
+def _gaze_region_points() -> np.ndarray:
+    """(2, 21): each eye's 16 contour points, iris centre and 4 iris-ring points."""
+    return np.array([list(topology.eye_contour(s)) + [_IRIS[s][0], *_IRIS[s][1]] for s in _SIDES])
+
+
+def gaze_eye_region_features(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
+    """Normalised eye-region landmarks for gaze, (N, 91): for each eye (subject's left, then
+    right) its 16 contour points, iris centre and 4 iris-ring points as (u, v) coordinates in the
+    eye's own frame (origin between the corners, u along the corner-to-corner line from the
+    image's left to its right, unit = the eye's width), then 7 head-pose cues
+    (:func:`_head_pose_proxies`). Image left/right are kept (not mirrored): gaze x is a direction
+    in the image."""
+    lm = isotropic(landmarks, image_sizes)
+    centre, width, u, v = _eye_frames(lm)
+    region = _in_eye_frames(lm[:, _gaze_region_points()], centre, width, u, v).reshape(len(lm), -1)
+    return np.concatenate([region, _head_pose_proxies(lm, centre, width)], axis=1).astype(np.float32)
+
+
+GAZE_IRIS_FEATURE_NAMES = ("iris_u", "iris_v", "upper_lid_v", "lower_lid_v", "iris_radius", "iris_between_lids", "iris_depth")
+
+
+def gaze_iris_features(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
+    """Iris geometry for gaze, (N, 21): for each eye (subject's left, then right) the
+    :data:`GAZE_IRIS_FEATURE_NAMES` - iris centre (u, v) in the eye's frame (see
+    :func:`gaze_eye_region_features`), upper- and lower-lid midpoints' v, iris radius, the iris
+    centre's place between the lids (0 upper lid, 1 lower lid; clipped to [-3, 3]) and the iris
+    centre's depth relative to the eye centre, all in eye widths - then 7 head-pose cues."""
+    lm = isotropic(landmarks, image_sizes)
+    centre, width, u, v = _eye_frames(lm)
+    iris = np.array([_IRIS[s][0] for s in _SIDES])
+    ring = np.array([_IRIS[s][1] for s in _SIDES])
+    pts = np.stack([iris, [_UPPER_LID_MID[s] for s in _SIDES], [_LOWER_LID_MID[s] for s in _SIDES]], axis=1)  # (2, 3)
+    p = _in_eye_frames(lm[:, pts], centre, width, u, v)  # (N, 2, 3, 2)
+    radius = np.linalg.norm(lm[:, ring, :2] - lm[:, iris, None, :2], axis=-1).mean(axis=-1) / width
+    span = p[:, :, 2, 1] - p[:, :, 1, 1]
+    between = np.clip((p[:, :, 0, 1] - p[:, :, 1, 1]) / np.where(np.abs(span) < EPS, EPS, span), -3.0, 3.0)
+    depth = (lm[:, iris, 2] - centre[..., 2]) / width
+    per_eye = np.stack([p[:, :, 0, 0], p[:, :, 0, 1], p[:, :, 1, 1], p[:, :, 2, 1], radius, between, depth], axis=-1)
+    return np.concatenate([per_eye.reshape(len(lm), -1), _head_pose_proxies(lm, centre, width)], axis=1).astype(np.float32)
+
+
+@register_feature_set("eye_state", "per-eye geometry + the eye's own blendshapes, left eye then right eye: (N*2, 11) rows")
+def _fs_eye_state(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    return eye_state_features(lm, bs, sizes).reshape(-1, len(EYE_STATE_FEATURE_NAMES))
+
+
+@register_feature_set("eye_state_geometry", "per-eye geometry only, left eye then right eye: (N*2, 6) rows")
+def _fs_eye_state_geometry(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    return eye_state_features(lm, None, sizes).reshape(-1, len(EYE_STATE_GEOMETRY_NAMES))
+
+
+@register_feature_set("mouth_state", "mouth geometry (4) + 6 mouth blendshape scores (10)")
+def _fs_mouth_state(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    return mouth_state_features(lm, bs, sizes)
+
+
+@register_feature_set("gaze_eye_region", "eye contours and irises in each eye's frame + head-pose cues (91)")
+def _fs_gaze_eye_region(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    return gaze_eye_region_features(lm, sizes)
+
+
+@register_feature_set("gaze_iris", "iris position relative to the eye corners and lids + head-pose cues (21)")
+def _fs_gaze_iris(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    return gaze_iris_features(lm, sizes)
+
+
+# --------------------------------------------------------------------------------------------------
+# GNN node features in the face's own frame (see meshfer.gnn).
+
+#: Points that define the face frame: outer eye corners (subject's right, left), chin.
+_FRAME_RIGHT_EYE, _FRAME_LEFT_EYE, _FRAME_CHIN = 33, 263, 152
+
+
+def graph_node_features_aligned(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
+    """(d') :func:`graph_node_features` turned into the face's own frame, (N, 478, 3): x from the
+    subject's right outer eye corner (33) to the left one (263), y from the chin (152) towards the
+    forehead (151) made orthogonal to x, z = x cross y. Head roll, yaw and pitch mostly drop out;
+    what is left is the shape of the face. Mirroring commutes with it (mirrored landmarks give the
+    left/right-swapped nodes with x negated)."""
+    rel = graph_node_features(landmarks, image_sizes)
+    x = rel[:, _FRAME_LEFT_EYE] - rel[:, _FRAME_RIGHT_EYE]
+    x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS)
+    y = rel[:, FOREHEAD] - rel[:, _FRAME_CHIN]
+    y = y - np.sum(y * x, axis=-1, keepdims=True) * x
+    y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), EPS)
+    frame = np.stack([x, y, np.cross(x, y)], axis=-1)  # columns: the frame's axes
+    return np.einsum("npk,nkj->npj", rel, frame).astype(np.float32)
+
+
+@register_feature_set("graph_aligned", "(d') 478x3 nose-relative coordinates in the face's own frame (eye line, chin-forehead) / nose-forehead distance (1434)")
+def _fs_graph_aligned(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    return graph_node_features_aligned(lm, sizes).reshape(len(lm) if np.ndim(lm) == 3 else 1, -1)

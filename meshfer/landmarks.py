@@ -175,22 +175,48 @@ class _BlockTensorFlow(importlib.abc.MetaPathFinder):
         return None
 
 
+class _LazyDrawingModules(importlib.abc.MetaPathFinder):
+    """Loads MediaPipe's drawing helpers lazily (on first attribute access) while MediaPipe is
+    being imported: they import matplotlib.pyplot, ~1 s of a 2 s cold start, and meshfer never
+    draws with them."""
+
+    NAMES = frozenset({"mediapipe.tasks.python.vision.drawing_utils", "mediapipe.tasks.python.vision.drawing_styles"})
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in self.NAMES:
+            return None
+        import importlib.util
+
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = importlib.util.LazyLoader(spec.loader)
+                return spec
+        return None
+
+
 _import_lock = threading.Lock()
 
 
 def import_mediapipe() -> tuple[Any, Any]:
-    """Import MediaPipe's Tasks vision API without dragging TensorFlow in; returns (mp, vision)."""
+    """Import MediaPipe's Tasks vision API without dragging TensorFlow (or matplotlib) in;
+    returns (mp, vision)."""
     with _import_lock:
-        blocker = None
-        if "mediapipe" not in sys.modules and "tensorflow" not in sys.modules:
-            blocker = _BlockTensorFlow()
-            sys.meta_path.insert(0, blocker)
+        hooks: list[importlib.abc.MetaPathFinder] = []
+        if "mediapipe" not in sys.modules:
+            hooks.append(_LazyDrawingModules())
+            if "tensorflow" not in sys.modules:
+                hooks.append(_BlockTensorFlow())
+        sys.meta_path[:0] = hooks
         try:
             import mediapipe as mp
             from mediapipe.tasks.python import vision
         finally:
-            if blocker is not None:
-                sys.meta_path.remove(blocker)
+            for hook in hooks:
+                sys.meta_path.remove(hook)
     return mp, vision
 
 

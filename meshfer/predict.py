@@ -132,6 +132,9 @@ class Predictor:
         for task, model in self.models.items():
             if task == "gaze":
                 values = model.predict(feats(model))
+                bounds = model.card.extra.get("output_range")  # targets that are bounded by definition
+                if bounds is not None:
+                    values = np.clip(values, bounds[0], bounds[1])
                 per_task[task] = [dict(zip(model.card.targets, map(float, row))) for row in values]
             elif task == "eye":
                 proba = model.predict_proba(feats(model)).reshape(n, len(EYE_SIDES), -1)

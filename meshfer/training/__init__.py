@@ -33,7 +33,12 @@ class TrainConfig:
 
 
 #: model name -> "module:function" (module relative to meshfer).
-RECIPES: dict[str, str] = {}
+RECIPES: dict[str, str] = {
+    "eyes": "training.companions:train_eyes",
+    "mouth": "training.companions:train_mouth",
+    "gaze": "training.companions:train_gaze",
+    "gnn": "gnn:train",
+}
 
 
 def get_recipe(name: str) -> Callable[[str, TrainConfig], Any]:

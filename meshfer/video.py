@@ -1,0 +1,381 @@
+"""Video: frames from a camera or a file -> face mesh (MediaPipe VIDEO mode) -> models -> timeline.
+
+:class:`VideoSource` reads BGR frames with timestamps; :class:`VideoAnalyzer` runs one frame at a
+time through the landmarker in VIDEO mode (the face is tracked between frames instead of being
+detected in each) and the installed models, smooths the expression and gaze, counts blinks as
+they happen and appends a :class:`~meshfer.temporal.FrameRecord` to its timeline.
+:class:`TimelineCsvWriter` writes one CSV row per frame as it goes, so an interrupted run keeps
+its rows. :func:`analyze_video` does it all for a file or camera and returns the timeline and its
+summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import MeshferError
+from .landmarks import FaceLandmarker, FaceMesh, LandmarkerOptions, RunningMode
+from .predict import FacePrediction, Predictor
+from .temporal import (
+    EYE_CLOSED,
+    MOUTH_OPEN,
+    BlinkCounter,
+    ExponentialSmoother,
+    FrameRecord,
+    Summary,
+    TemporalConfig,
+    Timeline,
+    both_closed,
+    summarize,
+)
+
+__all__ = [
+    "VideoError",
+    "parse_source",
+    "VideoSource",
+    "FrameResult",
+    "VideoAnalyzer",
+    "TimelineCsvWriter",
+    "open_video_writer",
+    "analyze_video",
+]
+
+#: Frame rate assumed for files that do not state one.
+FALLBACK_FPS = 30.0
+
+
+class VideoError(MeshferError):
+    """A camera or video file that cannot be opened or written."""
+
+
+def parse_source(source: str | int) -> str | int:
+    """A camera index (``"0"`` -> 0) or a file path (kept as a string)."""
+    if isinstance(source, int):
+        return source
+    text = str(source).strip()
+    return int(text) if text.isdigit() else text
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log messages off for the duration (its level is restored afterwards)."""
+    import cv2
+
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:
+        yield
+        return
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        log.setLogLevel(level)
+
+
+class VideoSource:
+    """BGR frames (and timestamps in seconds) from a camera index or a video file (OpenCV).
+
+    File timestamps come from the frame number and the file's frame rate; camera timestamps from
+    the clock. ``width``/``height`` ask a camera for a capture size (files ignore them).
+    """
+
+    def __init__(self, source: str | int, width: int | None = None, height: int | None = None) -> None:
+        import cv2
+
+        self.source = parse_source(source)
+        self.is_camera = isinstance(self.source, int)
+        if self.is_camera:
+            self.name = f"camera {self.source}"
+            with _quiet_opencv():  # OpenCV logs every backend it tried; the error below says it all
+                self._cap = cv2.VideoCapture(self.source)
+            if width:
+                self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+            if height:
+                self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+            if not self._cap.isOpened():
+                raise VideoError(f"{self.name}: cannot open the camera (no such camera, or it is busy)")
+        else:
+            path = Path(self.source)
+            self.name = str(path)
+            if not path.exists():
+                raise VideoError(f"{path}: no such video file")
+            if path.is_dir():
+                raise VideoError(f"{path}: is a folder, not a video file")
+            with _quiet_opencv():
+                self._cap = cv2.VideoCapture(str(path))
+            if not self._cap.isOpened():
+                raise VideoError(f"{path}: cannot open as a video (unsupported or corrupt file)")
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if 0.0 < fps < 1000.0 else FALLBACK_FPS
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        #: Frames in a file (as its header says; None for cameras or when unknown).
+        self.frame_count = count if count > 0 and not self.is_camera else None
+        self._buffer: np.ndarray | None = None
+        self._index = 0
+        self._t0: float | None = None
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        """The next frame (BGR; the array is reused by the next call) and its timestamp, or None
+        at the end of a file (or when a camera stops delivering)."""
+        ok, frame = self._cap.read(self._buffer)
+        if not ok or frame is None:
+            return None
+        self._buffer = frame
+        if self.is_camera:
+            now = time.monotonic()
+            if self._t0 is None:
+                self._t0 = now
+            t = now - self._t0
+        else:
+            t = self._index / self.fps
+        self._index += 1
+        return frame, t
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        while (item := self.read()) is not None:
+            yield item
+
+    def close(self) -> None:
+        self._cap.release()
+
+    def __enter__(self) -> "VideoSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class FrameResult:
+    """One analysed frame: its record, the mesh and raw prediction (None without a face), and
+    the seconds spent in the landmarker and in features + models."""
+
+    record: FrameRecord
+    mesh: FaceMesh | None
+    prediction: FacePrediction | None
+    landmarker_s: float
+    models_s: float
+
+
+class VideoAnalyzer:
+    """Analyses the frames of one stream, in order (see the module docstring).
+
+    ``predictor`` gives the models (its landmarker is not used); ``options`` configure the
+    VIDEO-mode landmarker this analyzer owns. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor | None = None,
+        options: LandmarkerOptions | None = None,
+        config: TemporalConfig | None = None,
+    ) -> None:
+        self.predictor = predictor if predictor is not None else Predictor()
+        self.config = config or TemporalConfig()
+        options = options or LandmarkerOptions()
+        self.landmarker = FaceLandmarker(dataclasses.replace(options, running_mode=RunningMode.VIDEO))
+        models = self.predictor.models
+        self.expression_labels: list[str] = list(models["expression"].card.labels) if "expression" in models else []
+        self.tasks = set(models)
+        self.timeline = Timeline()
+        self._expression = ExponentialSmoother(self.config.smoothing)
+        self._gaze = ExponentialSmoother(self.config.smoothing)
+        self.blinks = BlinkCounter(self.config.min_closed_frames, self.config.min_open_frames, self.config.max_blink_s)
+        self._rgb: np.ndarray | None = None
+        self._last_ms = -1
+
+    def process(self, frame_bgr: np.ndarray, timestamp_s: float) -> FrameResult:
+        """Analyse the next frame (BGR uint8, as OpenCV reads it); timestamps must not go back."""
+        import cv2
+
+        if self._rgb is None or self._rgb.shape != frame_bgr.shape:
+            self._rgb = np.empty_like(frame_bgr)
+        cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB, dst=self._rgb)
+        ts_ms = max(int(round(timestamp_s * 1000.0)), self._last_ms + 1)  # MediaPipe wants strictly increasing ms
+        self._last_ms = ts_ms
+
+        t0 = time.perf_counter()
+        faces = self.landmarker.detect_for_video(self._rgb, ts_ms)
+        t1 = time.perf_counter()
+        index = len(self.timeline)
+        if not faces:
+            self._expression.reset()
+            self._gaze.reset()
+            self.blinks.update(None, timestamp_s)
+            record = FrameRecord(index, float(timestamp_s), False, blinks=self.blinks.count)
+            self.timeline.append(record)
+            return FrameResult(record, None, None, t1 - t0, time.perf_counter() - t1)
+        mesh = faces[0]
+        prediction = self.predictor.predict_batch(
+            mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size], dtype=np.float32)
+        )[0]
+        record = self._record(index, float(timestamp_s), prediction)
+        self.timeline.append(record)
+        return FrameResult(record, mesh, prediction, t1 - t0, time.perf_counter() - t1)
+
+    def _record(self, index: int, t: float, p: FacePrediction) -> FrameRecord:
+        record = FrameRecord(index, t, True)
+        if p.expression is not None:
+            labels = self.expression_labels
+            raw = [p.expression.probabilities[k] for k in labels]
+            smoothed = self._expression.update(raw)
+            assert smoothed is not None
+            record.expression_probabilities = dict(zip(labels, smoothed.tolist()))
+            record.expression = labels[int(np.argmax(smoothed))]
+        if p.eyes is not None:
+            record.eyes = {side: c.label for side, c in p.eyes.items()}
+            record.eye_closed = {side: c.probabilities.get(EYE_CLOSED, float("nan")) for side, c in p.eyes.items()}
+        if p.gaze is not None:
+            g = self._gaze.update([p.gaze["x"], p.gaze["y"]])
+            assert g is not None
+            record.gaze = (float(g[0]), float(g[1]))
+        if p.mouth is not None:
+            record.mouth = p.mouth.label
+            record.mouth_open = p.mouth.probabilities.get(MOUTH_OPEN, float("nan"))
+        closed = both_closed(record.eye_is_closed("left"), record.eye_is_closed("right"))
+        self.blinks.update(closed, t)
+        record.blinks = self.blinks.count
+        return record
+
+    def summary(self, processing_fps: float | None = None, interrupted: bool = False) -> Summary:
+        """The summary of the frames analysed so far."""
+        return summarize(self.timeline, self.config, self.expression_labels, processing_fps, interrupted)
+
+    def close(self) -> None:
+        self.landmarker.close()
+
+    def __enter__(self) -> "VideoAnalyzer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Output files
+
+
+class TimelineCsvWriter:
+    """Writes one CSV row per frame as frames come (flushed at least every ``flush_s`` seconds).
+
+    Columns: ``frame, timestamp_s, face``, then for each task with a model: ``expression`` and
+    ``expression_<label>`` (smoothed probabilities); ``eye_left, eye_right`` (labels),
+    ``eye_left_closed, eye_right_closed`` (probability of 'closed'), ``blinks`` (count so far);
+    ``gaze_x, gaze_y`` (smoothed); ``mouth`` (label), ``mouth_open`` (probability of 'open').
+    ``face`` is ``true``/``false``; a frame without a face leaves the task columns empty.
+    """
+
+    def __init__(
+        self, path: str | Path, expression_labels: Sequence[str], tasks: set[str] | Sequence[str], flush_s: float = 0.25
+    ) -> None:
+        self.path = Path(path)
+        self.expression_labels = list(expression_labels)
+        tasks = set(tasks)
+        self.columns = ["frame", "timestamp_s", "face"]
+        if "expression" in tasks:
+            self.columns += ["expression"] + [f"expression_{k}" for k in self.expression_labels]
+        self._eyes = "eye" in tasks
+        if self._eyes:
+            self.columns += ["eye_left", "eye_right", "eye_left_closed", "eye_right_closed", "blinks"]
+        self._gaze = "gaze" in tasks
+        if self._gaze:
+            self.columns += ["gaze_x", "gaze_y"]
+        self._mouth = "mouth" in tasks
+        if self._mouth:
+            self.columns += ["mouth", "mouth_open"]
+        self._has_expression = "expression" in tasks
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[str] = open(self.path, "w", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise VideoError(f"{self.path}: cannot write the CSV file ({exc.strerror or exc})") from None
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(self.columns)
+        self.flush_s = flush_s
+        self._last_flush = time.monotonic()
+        self.rows = 0
+
+    @staticmethod
+    def _num(value: float | None, digits: int = 4) -> str:
+        return "" if value is None or value != value else f"{value:.{digits}f}"
+
+    def write(self, r: FrameRecord) -> None:
+        row: list[Any] = [r.frame, f"{r.timestamp_s:.3f}", "true" if r.face else "false"]
+        if self._has_expression:
+            probs = r.expression_probabilities
+            row.append(r.expression or "")
+            row += [self._num(probs[k]) if probs else "" for k in self.expression_labels]
+        if self._eyes:
+            eyes, closed = r.eyes, r.eye_closed
+            row += [eyes["left"] if eyes else "", eyes["right"] if eyes else ""]
+            row += [self._num(closed["left"]) if closed else "", self._num(closed["right"]) if closed else ""]
+            row.append(r.blinks)
+        if self._gaze:
+            row += [self._num(r.gaze[0]), self._num(r.gaze[1])] if r.gaze else ["", ""]
+        if self._mouth:
+            row += [r.mouth or "", self._num(r.mouth_open)]
+        self._writer.writerow(row)
+        self.rows += 1
+        now = time.monotonic()
+        if now - self._last_flush >= self.flush_s:
+            self._file.flush()
+            self._last_flush = now
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> "TimelineCsvWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_video_writer(path: str | Path, fps: float, size: tuple[int, int]) -> Any:
+    """An OpenCV VideoWriter (MPEG-4, ``mp4v``) for BGR frames of ``size`` (width, height)."""
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (int(size[0]), int(size[1])))
+    if not writer.isOpened():
+        raise VideoError(
+            f"{path}: cannot write a video file here (OpenCV has no MPEG-4 writer, or the folder is not writable)"
+        )
+    return writer
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def analyze_video(
+    source: str | int,
+    predictor: Predictor | None = None,
+    options: LandmarkerOptions | None = None,
+    config: TemporalConfig | None = None,
+    max_frames: int | None = None,
+    on_frame: Callable[[np.ndarray, FrameResult], None] | None = None,
+) -> tuple[Timeline, Summary]:
+    """Analyse a video file (or camera index) to the end (or ``max_frames``); returns the timeline
+    and its summary. ``on_frame(frame_bgr, result)`` is called after each frame."""
+    with VideoSource(source) as src, VideoAnalyzer(predictor, options, config) as analyzer:
+        t0 = time.perf_counter()
+        for frame, t in src:
+            result = analyzer.process(frame, t)
+            if on_frame is not None:
+                on_frame(frame, result)
+            if max_frames is not None and len(analyzer.timeline) >= max_frames:
+                break
+        elapsed = time.perf_counter() - t0
+        n = len(analyzer.timeline)
+        return analyzer.timeline, analyzer.summary(n / elapsed if elapsed > 0 and n else None)
