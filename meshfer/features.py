@@ -505,3 +505,49 @@ def graph_node_features_aligned(landmarks: np.ndarray, image_sizes: np.ndarray |
 @register_feature_set("graph_aligned", "(d') 478x3 nose-relative coordinates in the face's own frame (eye line, chin-forehead) / nose-forehead distance (1434)")
 def _fs_graph_aligned(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
     return graph_node_features_aligned(lm, sizes).reshape(len(lm) if np.ndim(lm) == 3 else 1, -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Expression models (see meshfer.training.expression): distances between key points.
+
+#: 86 key points of the face: eyebrows (upper and lower line), eyelids and corners, nose bridge and
+#: wings, outer and inner lips, chin and jaw, cheeks, forehead and the nasolabial folds.
+EXPRESSION_KEYPOINTS = (
+    70, 63, 105, 66, 107, 46, 53, 52, 65, 55,  # subject's right eyebrow
+    300, 293, 334, 296, 336, 276, 283, 282, 295, 285,  # left eyebrow
+    33, 133, 160, 159, 158, 144, 145, 153,  # right eye
+    362, 263, 385, 386, 387, 373, 374, 380,  # left eye
+    1, 4, 6, 168, 98, 327, 2,  # nose
+    61, 291, 0, 17, 37, 267, 84, 314, 40, 270, 91, 321,  # outer lips
+    78, 308, 13, 14, 82, 312, 87, 317,  # inner lips
+    152, 148, 377, 172, 397, 234, 454, 132, 361,  # chin, jaw, face sides
+    50, 280, 205, 425, 116, 345,  # cheeks
+    10, 151, 9, 8,  # forehead, glabella
+    129, 358, 203, 423,  # nasolabial folds
+)
+
+
+@lru_cache(maxsize=1)
+def _keypoint_pairs() -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(len(EXPRESSION_KEYPOINTS), 1)
+
+
+def keypoint_distances(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
+    """Distances between every pair of :data:`EXPRESSION_KEYPOINTS` (3-D, isotropic frame), divided
+    by the nose-to-forehead distance: (N, 3655), pairs in ``np.triu_indices`` order. Unlike
+    distances to one point, they see how the brows, lids and lips move relative to each other."""
+    lm = isotropic(landmarks, image_sizes)
+    points = lm[:, list(EXPRESSION_KEYPOINTS)]
+    i, j = _keypoint_pairs()
+    d = np.linalg.norm(points[:, i] - points[:, j], axis=-1)
+    return (d / face_scale(lm)[:, None]).astype(np.float32)
+
+
+@register_feature_set("keypoint_distances", "distances between all pairs of 86 key points / nose-forehead distance (3655)")
+def _fs_keypoint_distances(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    return keypoint_distances(lm, sizes)
+
+
+@register_feature_set("blendshapes_keypoints", "the 52 blendshapes then the 3655 key-point distances (3707)")
+def _fs_blendshapes_keypoints(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    return np.concatenate([blendshape_features(bs), keypoint_distances(lm, sizes)], axis=1)

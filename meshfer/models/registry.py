@@ -62,10 +62,12 @@ def get_card(name: str | Path, task: str | None = None) -> ModelCard:
 
 
 def default_card(task: str) -> ModelCard | None:
-    """The default model of a task (None when no model of that task is shipped)."""
+    """The default model of a task (None when no model of that task is shipped). Without a card
+    marked default, the first lean one (not a GNN, which needs TensorFlow) stands in."""
     cards = list_models(task)
     defaults = [c for c in cards if c.default]
-    return defaults[0] if defaults else (cards[0] if cards else None)
+    lean = [c for c in cards if c.format != "gnn-keras"]
+    return defaults[0] if defaults else (lean[0] if lean else None)
 
 
 def verify_file(card: ModelCard) -> Path:

@@ -38,6 +38,10 @@ RECIPES: dict[str, str] = {
     "mouth": "training.companions:train_mouth",
     "gaze": "training.companions:train_gaze",
     "gnn": "gnn:train",
+    "svm": "training.expression:train",
+    "blendshapes": "training.expression:train",
+    "logreg": "training.expression:train",
+    "ensemble": "training.expression:train",
 }
 
 
