@@ -290,7 +290,11 @@ def extract(
         stats.n_processed = len(new_rows)
         stats.wall_s = time.perf_counter() - t_start
         table.meta["timing"] = stats.as_dict()
-        if out_path is not None:
+        unchanged = (
+            not new_rows and cached is not None and parts is not None and not parts.is_dir()
+            and np.array_equal(table.paths, cached.paths)
+        )
+        if out_path is not None and not unchanged:  # a pure cache hit leaves the file as it was
             checkpoint(force=True)
             table.save(out_path)
             if parts is not None and parts.is_dir():

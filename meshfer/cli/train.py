@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"saved {card.name} ({card.task}) to {card.path}")
         for key, value in card.metrics.items():
-            if isinstance(value, (int, float)):
+            if isinstance(value, float):
                 print(f"  {key}: {value:.4f}")
+            elif isinstance(value, int):
+                print(f"  {key}: {value}")
     return 0

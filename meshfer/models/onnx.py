@@ -3,6 +3,8 @@ TensorFlow)."""
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 
 from ..errors import ModelError
@@ -12,7 +14,8 @@ __all__ = ["OnnxModel"]
 
 
 class OnnxModel:
-    """A classifier or regressor stored as ONNX, with its :class:`ModelCard`.
+    """A classifier or regressor stored as ONNX (``.onnx``, or gzip-compressed ``.onnx.gz``), with
+    its :class:`ModelCard`.
 
     Runs single-threaded: the models are tiny, and a thread pool costs more than it saves.
     """
@@ -26,9 +29,9 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(
-                str(card.model_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            path = card.model_path
+            model: str | bytes = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else str(path)
+            self._session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{card.model_path}: cannot load ONNX model ({first})") from None
