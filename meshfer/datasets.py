@@ -10,6 +10,7 @@ Augmented copies written by ``augment.py`` are named ``augmented_<name>`` (then
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ __all__ = [
     "is_augmented",
     "augmented_name",
     "group_split",
+    "file_digest",
+    "copies_of",
 ]
 
 EXPRESSION_PREFIX = "face_"
@@ -228,3 +231,40 @@ def group_split(
             test_groups[rng.choice(members, k, replace=False)] = True
     is_test = test_groups[inverse]
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-1 of a file's bytes (to find the same image saved twice); '' when it cannot be read."""
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def copies_of(paths: Iterable[str | Path], reference: Dataset | Iterable[str | Path]) -> np.ndarray:
+    """Boolean mask over ``paths``: True where the file is byte-identical to an image of
+    ``reference`` (a :class:`Dataset` or paths), such as a validation image that is also in the
+    training folder (FER-2013 has 280 of them). Evaluating without them keeps every test image out
+    of training."""
+    ref_paths = reference.paths if isinstance(reference, Dataset) else list(reference)
+    by_size: dict[int, list[Path]] = {}
+    for r in map(Path, ref_paths):
+        try:
+            by_size.setdefault(r.stat().st_size, []).append(r)
+        except OSError:
+            continue
+    digests: dict[int, set[str]] = {}  # only files of a size found in ``paths`` are hashed
+    out = []
+    for p in map(Path, paths):
+        try:
+            size = p.stat().st_size
+        except OSError:
+            out.append(False)
+            continue
+        if size not in by_size:
+            out.append(False)
+            continue
+        if size not in digests:
+            digests[size] = {file_digest(r) for r in by_size[size]} - {""}
+        out.append(file_digest(p) in digests[size])
+    return np.asarray(out, dtype=bool)

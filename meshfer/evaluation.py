@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["classification_metrics", "evaluate_table", "format_metrics", "NO_FACE"]
+__all__ = ["classification_metrics", "evaluate_table", "format_metrics", "unseen_metrics", "unseen_summary", "NO_FACE"]
 
 #: Predicted class index for an image without a face (or without a prediction).
 NO_FACE = -1
@@ -112,3 +112,20 @@ def evaluate_table(model: Any, table: Any) -> dict[str, Any]:
     metrics = classification_metrics(y_true, y_pred, labels)
     metrics["excluded"] = int((~keep).sum())
     return metrics
+
+
+def unseen_metrics(model: Any, table: Any, train_paths: Sequence[Any]) -> dict[str, Any]:
+    """Headline metrics on the rows of ``table`` whose image is not byte-identical to one of
+    ``train_paths`` (FER-2013 validation holds 280 copies of training images), as card metrics:
+    ``unseen_accuracy``, ``unseen_accuracy_on_faces``, ``unseen_macro_f1``, ``unseen_n_images``."""
+    from .datasets import copies_of
+
+    copies = copies_of(table.paths, train_paths)
+    return unseen_summary(evaluate_table(model, table.subset(np.flatnonzero(~copies))), int(copies.sum()))
+
+
+def unseen_summary(metrics: dict[str, Any], n_copies: int) -> dict[str, Any]:
+    """The card entries of metrics computed without the ``n_copies`` copies of training images."""
+    return {"unseen_accuracy": float(metrics["accuracy"]), "unseen_accuracy_on_faces": float(metrics["accuracy_on_faces"]),
+            "unseen_macro_f1": float(metrics["macro_f1"]), "unseen_n_images": int(metrics["n_images"]),
+            "copies_of_training_images": n_copies}

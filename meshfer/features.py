@@ -57,6 +57,12 @@ def _as_batch(landmarks: np.ndarray) -> np.ndarray:
     return lm
 
 
+def _norm(v: np.ndarray) -> np.ndarray:
+    """Euclidean norm over the last axis; several times faster than np.linalg.norm on the small
+    arrays of one face, which matters per video frame."""
+    return np.sqrt(np.einsum("...k,...k->...", v, v))
+
+
 def isotropic(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
     """Landmarks in a frame where x, y and z share one unit (the image width).
 
@@ -74,7 +80,7 @@ def isotropic(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -> n
 
 def face_scale(lm: np.ndarray) -> np.ndarray:
     """(N,) nose-tip (4) to forehead (151) distance of isotropic landmarks, at least EPS."""
-    d = np.linalg.norm(lm[:, FOREHEAD] - lm[:, NOSE_TIP], axis=-1)
+    d = _norm(lm[:, FOREHEAD] - lm[:, NOSE_TIP])
     return np.where(np.isnan(d), d, np.maximum(d, EPS))
 
 
@@ -94,7 +100,7 @@ def distances_to_point(
     """(b) Distance of every landmark to landmark ``point`` (151), divided by the nose-to-forehead
     distance. Returns (N, 478)."""
     lm = isotropic(landmarks, image_sizes)
-    d = np.linalg.norm(lm - lm[:, point : point + 1], axis=-1)
+    d = _norm(lm - lm[:, point : point + 1])
     return d / face_scale(lm)[:, None]
 
 
@@ -149,8 +155,8 @@ def eye_features(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -
     for k, side in enumerate(("left", "right")):
         contour = lm[:, list(topology.eye_contour(side)), :2]
         p1, p2, p3, p4, p5, p6 = (lm[:, i, :2] for i in topology.EYE_EAR_POINTS[side])
-        width = np.linalg.norm(p1 - p4, axis=-1)
-        height = 0.5 * (np.linalg.norm(p2 - p6, axis=-1) + np.linalg.norm(p3 - p5, axis=-1))
+        width = _norm(p1 - p4)
+        height = 0.5 * (_norm(p2 - p6) + _norm(p3 - p5))
         out[:, k, 0] = polygon_area(contour) / scale**2
         out[:, k, 1] = _safe_ratio(width, height, 100.0)
         out[:, k, 2] = _safe_ratio(height, width, 100.0)
@@ -174,8 +180,8 @@ def mouth_features(landmarks: np.ndarray, image_sizes: np.ndarray | None = None)
     inner = lm[:, list(topology.INNER_LIPS), :2]
     a, b = topology.MOUTH_CORNERS
     u, d = topology.MOUTH_INNER_MID
-    width = np.linalg.norm(lm[:, a, :2] - lm[:, b, :2], axis=-1)
-    gap = np.linalg.norm(lm[:, u, :2] - lm[:, d, :2], axis=-1)
+    width = _norm(lm[:, a, :2] - lm[:, b, :2])
+    gap = _norm(lm[:, u, :2] - lm[:, d, :2])
     out = np.empty((len(lm), len(MOUTH_FEATURE_NAMES)), dtype=np.float32)
     out[:, 0] = polygon_area(inner) / scale**2
     out[:, 1] = _safe_ratio(width, gap, 100.0)
@@ -325,9 +331,9 @@ def eye_state_features(
     xy = lm[:, :, :2]
     scale = face_scale(lm)[:, None]  # (N, 1): broadcasts over the two eyes
     p = xy[:, idx["ear"]]  # (N, 2, 6, 2)
-    width = np.linalg.norm(p[:, :, 0] - p[:, :, 3], axis=-1)
-    height = 0.5 * (np.linalg.norm(p[:, :, 1] - p[:, :, 5], axis=-1) + np.linalg.norm(p[:, :, 2] - p[:, :, 4], axis=-1))
-    diameter = 2.0 * np.linalg.norm(xy[:, idx["ring"]] - xy[:, idx["iris"], None], axis=-1).mean(axis=-1)
+    width = _norm(p[:, :, 0] - p[:, :, 3])
+    height = 0.5 * (_norm(p[:, :, 1] - p[:, :, 5]) + _norm(p[:, :, 2] - p[:, :, 4]))
+    diameter = 2.0 * _norm(xy[:, idx["ring"]] - xy[:, idx["iris"], None]).mean(axis=-1)
     brow = xy[:, idx["brow"]].mean(axis=2)
     cols = [
         polygon_area(xy[:, idx["contour"]]) / scale**2,
@@ -335,7 +341,7 @@ def eye_state_features(
         _safe_ratio(height, width, 100.0),
         height / scale,
         _safe_ratio(height, diameter, 100.0),
-        np.linalg.norm(brow - xy[:, idx["lid"]], axis=-1) / scale,
+        _norm(brow - xy[:, idx["lid"]]) / scale,
     ]
     out = np.stack(cols, axis=-1).astype(np.float32, copy=False)
     if blendshapes is None:
@@ -384,7 +390,7 @@ def _eye_frames(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     pa, pb = lm[:, corners[:, 0]], lm[:, corners[:, 1]]
     centre = 0.5 * (pa + pb)
     d = pb[..., :2] - pa[..., :2]
-    width = np.maximum(np.linalg.norm(d, axis=-1), EPS)
+    width = np.maximum(_norm(d), EPS)
     u = d / width[..., None]
     v = np.stack([-u[..., 1], u[..., 0]], axis=-1)
     return centre, width, u, v
@@ -403,7 +409,7 @@ def _head_pose_proxies(lm: np.ndarray, centre: np.ndarray, width: np.ndarray) ->
     inter-ocular distance; chin-to-forehead depth difference (pitch)."""
     cl, cr = centre[:, 0], centre[:, 1]
     mid = 0.5 * (cl + cr)
-    iod = np.maximum(np.linalg.norm(cl[:, :2] - cr[:, :2], axis=-1), EPS)
+    iod = np.maximum(_norm(cl[:, :2] - cr[:, :2]), EPS)
     nose = (lm[:, NOSE_TIP] - mid) / iod[:, None]
     return np.stack(
         [nose[:, 0], nose[:, 1], nose[:, 2], (cl[:, 2] - cr[:, 2]) / iod, width[:, 0] / iod, width[:, 1] / iod,
@@ -446,7 +452,7 @@ def gaze_iris_features(landmarks: np.ndarray, image_sizes: np.ndarray | None = N
     ring = np.array([_IRIS[s][1] for s in _SIDES])
     pts = np.stack([iris, [_UPPER_LID_MID[s] for s in _SIDES], [_LOWER_LID_MID[s] for s in _SIDES]], axis=1)  # (2, 3)
     p = _in_eye_frames(lm[:, pts], centre, width, u, v)  # (N, 2, 3, 2)
-    radius = np.linalg.norm(lm[:, ring, :2] - lm[:, iris, None, :2], axis=-1).mean(axis=-1) / width
+    radius = _norm(lm[:, ring, :2] - lm[:, iris, None, :2]).mean(axis=-1) / width
     span = p[:, :, 2, 1] - p[:, :, 1, 1]
     between = np.clip((p[:, :, 0, 1] - p[:, :, 1, 1]) / np.where(np.abs(span) < EPS, EPS, span), -3.0, 3.0)
     depth = (lm[:, iris, 2] - centre[..., 2]) / width
@@ -494,10 +500,10 @@ def graph_node_features_aligned(landmarks: np.ndarray, image_sizes: np.ndarray |
     left/right-swapped nodes with x negated)."""
     rel = graph_node_features(landmarks, image_sizes)
     x = rel[:, _FRAME_LEFT_EYE] - rel[:, _FRAME_RIGHT_EYE]
-    x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS)
+    x = x / np.maximum(_norm(x)[..., None], EPS)
     y = rel[:, FOREHEAD] - rel[:, _FRAME_CHIN]
     y = y - np.sum(y * x, axis=-1, keepdims=True) * x
-    y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), EPS)
+    y = y / np.maximum(_norm(y)[..., None], EPS)
     frame = np.stack([x, y, np.cross(x, y)], axis=-1)  # columns: the frame's axes
     return np.einsum("npk,nkj->npj", rel, frame).astype(np.float32)
 
@@ -527,6 +533,9 @@ EXPRESSION_KEYPOINTS = (
 )
 
 
+_KEYPOINT_INDEX = np.array(EXPRESSION_KEYPOINTS)
+
+
 @lru_cache(maxsize=1)
 def _keypoint_pairs() -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(len(EXPRESSION_KEYPOINTS), 1)
@@ -537,9 +546,9 @@ def keypoint_distances(landmarks: np.ndarray, image_sizes: np.ndarray | None = N
     by the nose-to-forehead distance: (N, 3655), pairs in ``np.triu_indices`` order. Unlike
     distances to one point, they see how the brows, lids and lips move relative to each other."""
     lm = isotropic(landmarks, image_sizes)
-    points = lm[:, list(EXPRESSION_KEYPOINTS)]
     i, j = _keypoint_pairs()
-    d = np.linalg.norm(points[:, i] - points[:, j], axis=-1)
+    points = lm[:, _KEYPOINT_INDEX]
+    d = _norm(points[:, i] - points[:, j])
     return (d / face_scale(lm)[:, None]).astype(np.float32)
 
 

@@ -725,7 +725,7 @@ def train(name: str, config: Any, verbose: int = 2) -> Any:
     (:data:`DEFAULT_TRAINING`) and :data:`RECIPE_OPTIONS`.
     """
     from .datasets import group_split
-    from .evaluation import evaluate_table
+    from .evaluation import evaluate_table, unseen_metrics
     from .training import load_meshes
 
     hp, training, other = _split_options(dict(config.options))
@@ -757,6 +757,8 @@ def train(name: str, config: Any, verbose: int = 2) -> Any:
     metrics: dict[str, Any] = {k: full[k] for k in ("accuracy", "accuracy_on_faces", "coverage", "macro_f1")}
     metrics.update({"n_images": full["n_images"], "n_faces": full["n_faces"], "per_class": full["per_class"],
                     "confusion": full["confusion"]})
+    if config.val_dir is not None:
+        metrics.update(unseen_metrics(classifier, val_table, list(table.paths)))
     transfer = other.get("transfer_dir")
     if transfer:
         tag = Path(transfer).name.split("-")[0].split("_")[0] or "transfer"

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meshfer.datasets import augmented_name, group_of, group_split, is_augmented, scan_dataset, scan_paths
+from meshfer.datasets import (
+    augmented_name, copies_of, group_of, group_split, is_augmented, scan_dataset, scan_paths,
+)
 from meshfer.errors import DatasetError
 
 
@@ -78,3 +80,21 @@ def test_scan_paths_expands_folders_and_reports_missing(small_dataset: Path, tmp
     ds = scan_paths([one, small_dataset / "face_happy", tmp_path / "nope.jpg"])
     assert len(ds) == 4
     assert [p.reason for p in ds.problems] == ["no such file or folder"]
+
+
+def test_copies_of_finds_byte_identical_images_only(small_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import cv2
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    images = scan_dataset(small_dataset).paths
+    same, recoded = images[0], images[1]
+    shutil.copy2(same, reference / "renamed.jpg")  # same bytes, another name
+    cv2.imwrite(str(reference / "recoded.png"), cv2.imread(str(recoded)))  # same pixels, other bytes
+    (reference / "notes.txt").write_text("not an image")
+    mask = copies_of(images, scan_paths([reference]))
+    assert mask.tolist() == [True] + [False] * (len(images) - 1)
+    assert not copies_of(images, []).any()
+    assert copies_of([tmp_path / "missing.jpg"], scan_paths([reference])).tolist() == [False]

@@ -114,6 +114,23 @@ def test_evaluate_json(small_dataset: Path) -> None:
     assert 0.0 <= m["macro_f1"] <= 1.0
 
 
+def test_evaluate_can_leave_out_copies_of_training_images(small_dataset: Path, tmp_path: Path) -> None:
+    train = tmp_path / "train" / "face_happy"
+    train.mkdir(parents=True)
+    happy = sorted((small_dataset / "face_happy").iterdir())
+    shutil.copy2(happy[0], train / "a_copy.jpg")
+    result = meshfer("evaluate", small_dataset, "--json", "--no-progress", "--workers", "1",
+                     "--exclude-copies-of", train.parent)
+    assert result.returncode == 0, result.stderr
+    m = json.loads(result.stdout)
+    assert m["copies_excluded"] == 1
+    assert m["n_images"] == 3 * len(LABELS) - 1
+    assert m["per_class"]["happy"]["support"] == 2
+    missing = meshfer("evaluate", small_dataset, "--exclude-copies-of", tmp_path / "nowhere")
+    assert missing.returncode == 2
+    assert "nowhere" in missing.stderr and "no such file or folder" in missing.stderr
+
+
 def test_evaluate_text_and_photos_without_a_class(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     for label in ("happy", "sad"):

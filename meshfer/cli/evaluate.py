@@ -21,13 +21,18 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--model", default="default", help="expression model name or card path (default: the default)")
     p.add_argument("--meshes", metavar="FILE", help="cache the extracted meshes in this .npz (re-runs are fast)")
     p.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: all cores)")
+    p.add_argument(
+        "--exclude-copies-of", metavar="TRAIN_DIR",
+        help="leave out the images of DATA_DIR that are byte-identical to an image under TRAIN_DIR (FER-2013's "
+        "validation folder holds 280 copies of training images), so no test image was seen in training",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..datasets import scan_dataset
+    from ..datasets import Dataset, copies_of, scan_dataset, scan_paths
     from ..evaluation import evaluate_table, format_metrics
     from ..extract import extract
     from ..models import get_card, default_card, load_model
@@ -43,14 +48,29 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(dataset.labels) - set(card.labels))
     if unknown:
         warn(f"labels {', '.join(unknown)} are not among the model's labels; their images are left out")
+    excluded = 0
+    if args.exclude_copies_of:
+        reference = scan_paths([args.exclude_copies_of])
+        if not len(reference):
+            reason = reference.problems[0].reason if reference.problems else "no images"
+            warn(f"--exclude-copies-of {args.exclude_copies_of}: {reason}")
+            return 2
+        copies = copies_of(dataset.paths, reference)
+        excluded = int(copies.sum())
+        dataset = Dataset(dataset.root, [r for r, c in zip(dataset.records, copies) if not c], dataset.labels,
+                          dataset.problems)
     table = extract(dataset, args.meshes, workers=args.workers, options=landmarker_options(args),
                     progress=not args.no_progress)
     metrics = evaluate_table(model, table)
+    if args.exclude_copies_of:
+        metrics["copies_excluded"] = excluded
     metrics["model"] = card.name
     metrics["data"] = str(args.data_dir)
     if args.json:
         print_json(metrics)
     else:
         print(f"model {card.name} on {args.data_dir}")
+        if args.exclude_copies_of:
+            print(f"left out {excluded} images that are copies of images under {args.exclude_copies_of}")
         print(format_metrics(metrics))
     return 0

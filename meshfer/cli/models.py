@@ -21,7 +21,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run)
 
 
-_HEADLINE = ("accuracy", "macro_f1", "r2_x", "r2_y", "muxspace_macro_f1")
+_HEADLINE = ("accuracy", "macro_f1", "unseen_accuracy", "unseen_macro_f1", "r2_x", "r2_y", "muxspace_macro_f1")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,8 +39,10 @@ class OnnxModel:
         self._input = inputs[0].name
         self._dtype = np.float64 if "double" in inputs[0].type else np.float32
         self._outputs = [o.name for o in self._session.get_outputs()]
+        # Classifiers: only the probabilities are needed (the label output is their arg-max).
+        self._proba_output = "probabilities" if "probabilities" in self._outputs else None
 
-    def _run(self, features: np.ndarray) -> list[np.ndarray]:
+    def _run(self, features: np.ndarray, outputs: list[str] | None = None) -> list[np.ndarray]:
         x = np.asarray(features, dtype=self._dtype)
         if x.ndim == 1:
             x = x[None]
@@ -49,16 +51,15 @@ class OnnxModel:
                 f"model {self.card.name!r} expects {self.card.n_features} features "
                 f"({self.card.feature_set}), got {x.shape[1]}"
             )
-        return self._session.run(None, {self._input: np.ascontiguousarray(x)})
+        return self._session.run(outputs, {self._input: np.ascontiguousarray(x)})
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """(N, n_labels) class probabilities, columns in ``card.labels`` order."""
         if not self.card.is_classifier:
             raise TypeError(f"model {self.card.name!r} is a regressor")
-        out = dict(zip(self._outputs, self._run(features)))
-        proba = out.get("probabilities")
-        if proba is None:
-            proba = next(v for v in out.values() if np.ndim(v) == 2)
+        if self._proba_output is not None:
+            return np.asarray(self._run(features, [self._proba_output])[0], dtype=np.float64)
+        proba = next(v for v in self._run(features) if np.ndim(v) == 2)
         return np.asarray(proba, dtype=np.float64)
 
     def predict(self, features: np.ndarray) -> np.ndarray:

@@ -315,8 +315,9 @@ def search(
 
 
 def comparison_frame(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Any:
-    """One row per approach from ``{approach: {"validation": metrics, "photos": metrics}}``
-    (photos optional): accuracy (every image), accuracy on faces, coverage, macro-F1, photos macro-F1."""
+    """One row per approach from ``{approach: {"validation": metrics, "photos": metrics, "unseen":
+    metrics}}`` (photos and unseen optional): accuracy (every image), accuracy on faces, coverage,
+    macro-F1, then the photos' and the unseen validation images' accuracy and macro-F1."""
     import pandas as pd
 
     rows = []
@@ -325,6 +326,9 @@ def comparison_frame(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
         if "photos" in by_split:
             row["photos_macro_f1"] = round(float(by_split["photos"]["macro_f1"]), 4)
             row["photos_accuracy"] = round(float(by_split["photos"]["accuracy"]), 4)
+        if "unseen" in by_split:
+            row["unseen_accuracy"] = round(float(by_split["unseen"]["accuracy"]), 4)
+            row["unseen_macro_f1"] = round(float(by_split["unseen"]["macro_f1"]), 4)
         rows.append(row)
     return pd.DataFrame(rows).set_index("approach")
 
@@ -384,6 +388,8 @@ def train(name: str, config: Any) -> Any:
 
     val_metrics = evaluate(model, prepare(val_table, spec.feature_set, labels))
     metrics: dict[str, Any] = _headline(val_metrics)
+    if config.val_dir is not None:
+        metrics.update(_unseen(model, val_table, train_table, spec.feature_set, labels))
     training_data = {
         "train_dir": str(config.train_dir),
         "train_images": len(train_table),
@@ -416,6 +422,17 @@ def train(name: str, config: Any) -> Any:
         dtype=np.float32,  # half the size of float64; the export check bounds the difference
     )
     return card
+
+
+def _unseen(model: Any, val_table: Any, train_table: Any, feature_set: str, labels: Sequence[str]) -> dict[str, Any]:
+    """Headline metrics on the validation images that are not byte-identical copies of training
+    images (see :func:`meshfer.evaluation.unseen_metrics`)."""
+    from ..datasets import copies_of
+    from ..evaluation import unseen_summary
+
+    copies = copies_of(val_table.paths, train_table.paths)
+    m = evaluate(model, prepare(val_table.subset(np.flatnonzero(~copies)), feature_set, labels))
+    return unseen_summary(m, int(copies.sum()))
 
 
 def _photos_tag(path: Path) -> str:
