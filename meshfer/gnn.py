@@ -780,6 +780,8 @@ def train(name: str, config: Any, verbose: int = 2) -> Any:
         "augmentation": "random landmark-level mirror (p = 0.5 per face and epoch)" if opts["mirror"] else "none",
         "seed": int(config.seed),
         "limit_per_class": config.limit_per_class,
+        "note": "metrics: every validation image counted (no face found = wrong; the validation folder also stopped "
+        "training early); unseen_*: the validation images that are not byte-identical copies of training images",
     }
     command = ["meshfer", "train", name, str(config.train_dir)]
     command += ["--val", str(config.val_dir)] if config.val_dir is not None else []

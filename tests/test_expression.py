@@ -169,6 +169,8 @@ def test_recipe_writes_card_with_validation_and_photo_metrics(tables, tmp_path: 
     for key in ("accuracy", "accuracy_on_faces", "coverage", "macro_f1", "again_macro_f1"):
         assert 0.0 <= card.metrics[key] <= 1.0
     assert card.metrics["n_images"] == 21
+    assert card.metrics["unseen_n_images"] + card.metrics["copies_of_training_images"] == 21
+    assert 0.0 <= card.metrics["unseen_accuracy"] <= 1.0
     assert card.training_data["train_images"] == 21
     assert card.extra["params"]["n_components"] == 5
     assert card.feature_set == "nose_relative" and card.labels == LABELS
@@ -195,7 +197,8 @@ def test_shipped_expression_models() -> None:
         card = cards[name]
         assert card.labels == LABELS
         assert card.model_path.stat().st_size < 5_000_000
-        for key in ("accuracy", "accuracy_on_faces", "coverage", "macro_f1", "muxspace_macro_f1"):
+        for key in ("accuracy", "accuracy_on_faces", "coverage", "macro_f1", "muxspace_macro_f1", "unseen_accuracy",
+                    "unseen_macro_f1"):
             assert 0.0 < card.metrics[key] < 1.0
         model = load_model(card)
         proba = model.predict_proba(features.compute(card.feature_set, lm, bs, np.array([[48, 48]] * 2)))

@@ -400,7 +400,8 @@ def train(name: str, config: Any) -> Any:
         "seed": config.seed,
         "validation": val_source,
         "note": "metrics: every validation image counted (no face found = wrong); the validation set "
-        "was also used to choose the model's options",
+        "was also used to choose the model's options; unseen_*: the validation images that are not "
+        "byte-identical copies of training images",
     }
     if photos_dir is not None:
         photos_table = load_meshes(Path(photos_dir), config)
