@@ -204,3 +204,18 @@ def test_shipped_expression_models() -> None:
         proba = model.predict_proba(features.compute(card.feature_set, lm, bs, np.array([[48, 48]] * 2)))
         assert proba.shape == (2, len(LABELS))
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_unseen_features_leave_out_copies_of_training_images(small_dataset: Path, tmp_path: Path) -> None:
+    from meshfer.training.expression import cached_features, unseen_features
+
+    train = tmp_path / "train" / "face_sad"
+    train.mkdir(parents=True)
+    copied = sorted((small_dataset / "face_sad").iterdir())[0]
+    shutil.copy2(copied, train / "renamed.jpg")
+    cache = tmp_path / "meshes"
+    everything = cached_features(small_dataset, "blendshapes", mesh_cache=cache, progress=False)
+    unseen = unseen_features(small_dataset, train.parent, "blendshapes", mesh_cache=cache, progress=False)
+    assert len(unseen.y_all) == len(everything.y_all) - 1
+    sad = LABELS.index("sad")
+    assert (unseen.y_all == sad).sum() == (everything.y_all == sad).sum() - 1

@@ -206,6 +206,28 @@ def cached_features(
     return data
 
 
+def unseen_features(
+    val_dir: str | Path,
+    train_dir: str | Path,
+    feature_set: str,
+    *,
+    mesh_cache: str | Path | None = None,
+    per_class: int | None = None,
+    labels: Sequence[str] = EXPRESSION_LABELS,
+    seed: int = 0,
+    progress: bool = True,
+) -> FeatureData:
+    """Feature set ``feature_set`` of the images of ``val_dir`` (at most ``per_class`` per label)
+    that are not byte-identical copies of an image of ``train_dir``: the validation images no
+    model trained on ``train_dir`` has seen (FER-2013: 3,309 of 3,589)."""
+    from ..datasets import copies_of, scan_dataset
+    from ..extract import extract_folder
+
+    table = extract_folder(val_dir, mesh_cache, per_class=per_class, seed=seed, progress=progress)
+    copies = copies_of(table.paths, scan_dataset(train_dir))
+    return prepare(table.subset(np.flatnonzero(~copies)), feature_set, labels)
+
+
 def augmented_meshes(
     data_dir: str | Path,
     work_dir: str | Path,
