@@ -119,11 +119,15 @@ def test_evaluate_can_leave_out_copies_of_training_images(small_dataset: Path, t
     train.mkdir(parents=True)
     happy = sorted((small_dataset / "face_happy").iterdir())
     shutil.copy2(happy[0], train / "a_copy.jpg")
+    meshes = tmp_path / "meshes.npz"
     result = meshfer("evaluate", small_dataset, "--json", "--no-progress", "--workers", "1",
-                     "--exclude-copies-of", train.parent)
+                     "--exclude-copies-of", train.parent, "--meshes", meshes)
     assert result.returncode == 0, result.stderr
     m = json.loads(result.stdout)
     assert m["copies_excluded"] == 1
+    from meshfer.meshtable import MeshTable
+
+    assert len(MeshTable.load(meshes)) == 3 * len(LABELS)  # the cache keeps every image, copies included
     assert m["n_images"] == 3 * len(LABELS) - 1
     assert m["per_class"]["happy"]["support"] == 2
     missing = meshfer("evaluate", small_dataset, "--exclude-copies-of", tmp_path / "nowhere")

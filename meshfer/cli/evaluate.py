@@ -32,7 +32,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..datasets import Dataset, copies_of, scan_dataset, scan_paths
+    import numpy as np
+
+    from ..datasets import copies_of, scan_dataset, scan_paths
     from ..evaluation import evaluate_table, format_metrics
     from ..extract import extract
     from ..models import get_card, default_card, load_model
@@ -48,19 +50,21 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(dataset.labels) - set(card.labels))
     if unknown:
         warn(f"labels {', '.join(unknown)} are not among the model's labels; their images are left out")
-    excluded = 0
+    reference = None
     if args.exclude_copies_of:
         reference = scan_paths([args.exclude_copies_of])
         if not len(reference):
             reason = reference.problems[0].reason if reference.problems else "no images"
             warn(f"--exclude-copies-of {args.exclude_copies_of}: {reason}")
             return 2
-        copies = copies_of(dataset.paths, reference)
-        excluded = int(copies.sum())
-        dataset = Dataset(dataset.root, [r for r, c in zip(dataset.records, copies) if not c], dataset.labels,
-                          dataset.problems)
+    # Every image is extracted (so a --meshes cache keeps them all); the copies are left out after.
     table = extract(dataset, args.meshes, workers=args.workers, options=landmarker_options(args),
                     progress=not args.no_progress)
+    excluded = 0
+    if reference is not None:
+        copies = copies_of(table.paths, reference)
+        excluded = int(copies.sum())
+        table = table.subset(np.flatnonzero(~copies))
     metrics = evaluate_table(model, table)
     if args.exclude_copies_of:
         metrics["copies_excluded"] = excluded
