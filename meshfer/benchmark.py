@@ -420,7 +420,7 @@ def _child_video(params: dict[str, Any]) -> dict[str, Any]:
             mesh = faces[0]
             args = (mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size], dtype=np.float32))
             a = time.perf_counter()
-            feats = {s: features.compute(s, *args) for s in {m.card.feature_set for m in models.values()}}
+            feats = features.compute_many([m.card.feature_set for m in models.values()], *args)
             b = time.perf_counter()
             for task, m in models.items():
                 c = time.perf_counter()

@@ -35,6 +35,7 @@ __all__ = [
     "group_split",
     "file_digest",
     "copies_of",
+    "duplicate_groups",
 ]
 
 EXPRESSION_PREFIX = "face_"
@@ -268,3 +269,31 @@ def copies_of(paths: Iterable[str | Path], reference: Dataset | Iterable[str | P
             digests[size] = {file_digest(r) for r in by_size[size]} - {""}
         out.append(file_digest(p) in digests[size])
     return np.asarray(out, dtype=bool)
+
+
+def duplicate_groups(paths: Sequence[str | Path], groups: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
+    """Group ids (ints) over ``paths`` that join byte-identical files, and files that share one of
+    ``groups`` (an image and its augmented copies): a split by these ids never puts the same picture
+    on both sides, even when a data set holds it twice under two names."""
+    parent = list(range(len(paths)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    keys = [("digest", file_digest(p)) for p in paths]
+    if groups is not None:
+        keys += [("group", str(g)) for g in groups]
+    for k, key in enumerate(keys):
+        i = k % len(paths)
+        if key[1] == "":
+            continue
+        j = first.setdefault(key, i)
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    roots = np.array([find(i) for i in range(len(paths))], dtype=np.int64)
+    return np.unique(roots, return_inverse=True)[1]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -42,6 +42,7 @@ __all__ = [
     "FEATURE_SETS",
     "register_feature_set",
     "compute",
+    "compute_many",
 ]
 
 #: Smallest scale used as a divisor; keeps degenerate meshes finite.
@@ -67,10 +68,12 @@ def isotropic(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -> n
     """Landmarks in a frame where x, y and z share one unit (the image width).
 
     MediaPipe normalises x by the width and y by the height; for a non-square image y is
-    rescaled by height / width. Returns float32 (N, 478, 3); the input is not modified.
+    rescaled by height / width. Returns float32 (N, 478, 3); the input is not modified (without
+    ``image_sizes`` it is returned as it is when already a float32 batch: treat it as read-only).
     """
-    lm = _as_batch(landmarks).copy()
+    lm = _as_batch(landmarks)
     if image_sizes is not None:
+        lm = lm.copy()
         sizes = np.asarray(image_sizes, dtype=np.float32).reshape(-1, 2)
         w = np.maximum(sizes[:, 0], 1.0)
         h = np.maximum(sizes[:, 1], 1.0)
@@ -231,13 +234,28 @@ def register_feature_set(name: str, description: str) -> Callable:
     return wrap
 
 
-def compute(name: str, landmarks: np.ndarray, blendshapes: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
-    """Compute feature set ``name`` for a batch; KeyError lists the valid names."""
+def _feature_set(name: str) -> FeatureSet:
     try:
-        fs = FEATURE_SETS[name]
+        return FEATURE_SETS[name]
     except KeyError:
         raise KeyError(f"unknown feature set {name!r}; valid: {', '.join(sorted(FEATURE_SETS))}") from None
-    return np.asarray(fs(landmarks, blendshapes, image_sizes), dtype=np.float32)
+
+
+def compute(name: str, landmarks: np.ndarray, blendshapes: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
+    """Compute feature set ``name`` for a batch; KeyError lists the valid names."""
+    return np.asarray(_feature_set(name)(landmarks, blendshapes, image_sizes), dtype=np.float32)
+
+
+def compute_many(
+    names: Iterable[str], landmarks: np.ndarray, blendshapes: np.ndarray, image_sizes: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Several feature sets of one batch, ``{name: (N, D) float32}``: the same values as
+    :func:`compute`, with the isotropic frame made once for all of them (what every video frame
+    needs for the four default models)."""
+    sets = [_feature_set(name) for name in dict.fromkeys(names)]
+    lm = isotropic(landmarks, image_sizes)
+    bs = np.asarray(blendshapes, dtype=np.float32)
+    return {fs.name: np.asarray(fs(lm, bs, None), dtype=np.float32) for fs in sets}
 
 
 @register_feature_set("nose_relative", "(a) 478x3 coordinates relative to the nose tip / nose-forehead distance (1434)")
@@ -546,6 +564,9 @@ def keypoint_distances(landmarks: np.ndarray, image_sizes: np.ndarray | None = N
     by the nose-to-forehead distance: (N, 3655), pairs in ``np.triu_indices`` order. Unlike
     distances to one point, they see how the brows, lids and lips move relative to each other."""
     lm = isotropic(landmarks, image_sizes)
+    # Point differences, not a Gram matrix (|p|^2 + |q|^2 - 2 p.q, twice as fast): the pair
+    # (4, 151) is the scale itself, and only the same arithmetic makes it exactly 1 on every face.
+    # Noise of 1e-8 there would be scaled up to unit variance by the models' StandardScaler.
     i, j = _keypoint_pairs()
     points = lm[:, _KEYPOINT_INDEX]
     d = _norm(points[:, i] - points[:, j])

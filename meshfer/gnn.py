@@ -680,6 +680,7 @@ RECIPE_OPTIONS = {
     "feature_set": "node features (a registered feature set of 478 x 3 values per face)",
     "transfer_dir": "a second labelled face_<label> folder (e.g. real photos) reported as <name>_accuracy/_macro_f1",
     "test_size": "held-out share of TRAIN_DIR when no --val folder is given (default 0.1, split by group)",
+    "exclude_copies": "leave out training images that are byte-identical to a --val image (default true)",
 }
 DEFAULT_FEATURE_SET = "graph_aligned"
 
@@ -726,16 +727,19 @@ def train(name: str, config: Any, verbose: int = 2) -> Any:
     """
     from .datasets import group_split
     from .evaluation import evaluate_table, unseen_metrics
-    from .training import load_meshes
+    from .training import leave_out_copies, load_meshes, short_path
 
     hp, training, other = _split_options(dict(config.options))
     hp = _hparams(hp)
+    left_out = 0
     feature_set = str(other.get("feature_set", DEFAULT_FEATURE_SET))
     table = load_meshes(Path(config.train_dir), config)
     labels = list(table.label_names)
     if config.val_dir is not None:
         val_table = load_meshes(Path(config.val_dir), config)
-        held_out = f"validation folder {config.val_dir}"
+        held_out = f"validation folder {short_path(config.val_dir)}"
+        if str(other.get("exclude_copies", True)).strip().lower() not in ("0", "false", "no", "off"):
+            table, left_out = leave_out_copies(table, val_table)
     else:
         test_size = float(other.get("test_size", 0.1))
         tr, te = group_split(table.groups, test_size, seed=config.seed, stratify=table.labels)
@@ -770,24 +774,29 @@ def train(name: str, config: Any, verbose: int = 2) -> Any:
     opts.update(training)
     counts = {label: int((y == i).sum()) for i, label in enumerate(labels)}
     training_data = {
-        "source": str(config.train_dir),
+        "source": short_path(config.train_dir),
         "held_out": held_out,
         "n_train_images": int(len(table)),
+        "left_out_copies_of_validation_images": left_out,
         "n_train_faces": int(len(faces)),
         "train_counts": counts,
         "n_held_out_images": int(full["n_images"]),
-        "transfer_data": str(transfer) if transfer else None,
+        "transfer_data": short_path(transfer) if transfer else None,
         "augmentation": "random landmark-level mirror (p = 0.5 per face and epoch)" if opts["mirror"] else "none",
         "seed": int(config.seed),
         "limit_per_class": config.limit_per_class,
         "note": "metrics: every validation image counted (no face found = wrong; the validation folder also stopped "
-        "training early); unseen_*: the validation images that are not byte-identical copies of training images",
+        "training early); unseen_*: the validation images that are not byte-identical copies of training images "
+        "(all of them when left_out_copies_of_validation_images took the copies out of training)",
     }
-    command = ["meshfer", "train", name, str(config.train_dir)]
-    command += ["--val", str(config.val_dir)] if config.val_dir is not None else []
+    command = ["meshfer", "train", name, short_path(config.train_dir)]
+    command += ["--val", short_path(config.val_dir)] if config.val_dir is not None else []
     command += ["--limit-per-class", str(config.limit_per_class)] if config.limit_per_class else []
     command += ["--seed", str(config.seed)] if config.seed else []
-    command += [f"--option {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(config.options.items())]
+    command += [
+        f"--option {k}={short_path(v) if k.endswith('_dir') else v if isinstance(v, str) else json.dumps(v)}"
+        for k, v in sorted(config.options.items())
+    ]
     training_data["command"] = " ".join(command)
     extra = {
         "training": opts,

@@ -111,38 +111,46 @@ class Predictor:
 
     # -- meshes -> predictions ----------------------------------------------------------------
 
-    def predict_batch(
+    def predict_arrays(
         self, landmarks: np.ndarray, blendshapes: np.ndarray, image_sizes: np.ndarray | None = None
-    ) -> list[FacePrediction]:
-        """Predictions for N faces given as (N, 478, 3) landmarks, (N, 52) blendshapes, (N, 2) sizes."""
+    ) -> dict[str, np.ndarray]:
+        """The raw outputs of each task's model for N faces given as (N, 478, 3) landmarks,
+        (N, 52) blendshapes and (N, 2) image sizes: ``expression`` and ``mouth`` (N, C)
+        probabilities in the card's label order, ``eye`` (N, 2, C) for the [left, right] eye,
+        ``gaze`` (N, 2) clipped to the model's output range. What video runs on every frame."""
         landmarks = np.asarray(landmarks, dtype=np.float32).reshape(-1, 478, 3)
         blendshapes = np.asarray(blendshapes, dtype=np.float32).reshape(len(landmarks), -1)
         n = len(landmarks)
-        if n == 0:
-            return []
-        per_task: dict[str, list[Any]] = {}
-        cache: dict[str, np.ndarray] = {}
-
-        def feats(model: Any) -> np.ndarray:
-            name = model.card.feature_set
-            if name not in cache:
-                cache[name] = features.compute(name, landmarks, blendshapes, image_sizes)
-            return cache[name]
-
+        if n == 0 or not self.models:
+            return {}
+        feats = features.compute_many(
+            [m.card.feature_set for m in self.models.values()], landmarks, blendshapes, image_sizes
+        )
+        out: dict[str, np.ndarray] = {}
         for task, model in self.models.items():
+            x = feats[model.card.feature_set]
             if task == "gaze":
-                values = model.predict(feats(model))
+                values = model.predict(x)
                 bounds = model.card.extra.get("output_range")  # targets that are bounded by definition
-                if bounds is not None:
-                    values = np.clip(values, bounds[0], bounds[1])
-                per_task[task] = [dict(zip(model.card.targets, map(float, row))) for row in values]
+                out[task] = values if bounds is None else np.clip(values, bounds[0], bounds[1])
             elif task == "eye":
-                proba = model.predict_proba(feats(model)).reshape(n, len(EYE_SIDES), -1)
-                per_task[task] = [
-                    dict(zip(EYE_SIDES, _classifications(model.card.labels, proba[i]))) for i in range(n)
-                ]
+                out[task] = model.predict_proba(x).reshape(n, len(EYE_SIDES), -1)
             else:
-                per_task[task] = _classifications(model.card.labels, model.predict_proba(feats(model)))
+                out[task] = model.predict_proba(x)
+        return out
+
+    def to_predictions(self, outputs: dict[str, np.ndarray]) -> list[FacePrediction]:
+        """:meth:`predict_arrays` outputs as one :class:`FacePrediction` per face."""
+        n = len(next(iter(outputs.values()))) if outputs else 0
+        per_task: dict[str, list[Any]] = {}
+        for task, values in outputs.items():
+            card = self.models[task].card
+            if task == "gaze":
+                per_task[task] = [dict(zip(card.targets, map(float, row))) for row in values]
+            elif task == "eye":
+                per_task[task] = [dict(zip(EYE_SIDES, _classifications(card.labels, values[i]))) for i in range(n)]
+            else:
+                per_task[task] = _classifications(card.labels, values)
         return [
             FacePrediction(
                 expression=per_task["expression"][i] if "expression" in per_task else None,
@@ -152,6 +160,15 @@ class Predictor:
             )
             for i in range(n)
         ]
+
+    def predict_batch(
+        self, landmarks: np.ndarray, blendshapes: np.ndarray, image_sizes: np.ndarray | None = None
+    ) -> list[FacePrediction]:
+        """Predictions for N faces given as (N, 478, 3) landmarks, (N, 52) blendshapes, (N, 2) sizes."""
+        n = len(np.asarray(landmarks).reshape(-1, 478, 3))
+        if n and not self.models:
+            return [FacePrediction() for _ in range(n)]
+        return self.to_predictions(self.predict_arrays(landmarks, blendshapes, image_sizes))
 
     def predict_mesh(self, mesh: FaceMesh) -> FacePrediction:
         """Predictions for one face mesh."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import MeshferError
 from .landmarks import FaceLandmarker, FaceMesh, LandmarkerOptions, RunningMode
-from .predict import FacePrediction, Predictor
+from .predict import EYE_SIDES, FacePrediction, Predictor
 from .temporal import (
     EYE_CLOSED,
     MOUTH_OPEN,
@@ -156,14 +156,24 @@ class VideoSource:
 
 @dataclass
 class FrameResult:
-    """One analysed frame: its record, the mesh and raw prediction (None without a face), and
-    the seconds spent in the landmarker and in features + models."""
+    """One analysed frame: its record, the mesh and the models' raw outputs (None without a
+    face; see :meth:`Predictor.predict_arrays`), and the seconds spent in the landmarker and in
+    features + models. :attr:`prediction` gives the outputs as a :class:`FacePrediction`."""
 
     record: FrameRecord
     mesh: FaceMesh | None
-    prediction: FacePrediction | None
+    outputs: dict[str, np.ndarray] | None
     landmarker_s: float
     models_s: float
+    predictor: Predictor | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def prediction(self) -> FacePrediction | None:
+        """The unsmoothed prediction of this frame (None without a face); built on first use,
+        so that the per-frame loop does not pay for objects nobody reads."""
+        if self.outputs is None or self.predictor is None:
+            return None
+        return self.predictor.to_predictions(self.outputs)[0]
 
 
 class VideoAnalyzer:
@@ -215,32 +225,40 @@ class VideoAnalyzer:
             self.timeline.append(record)
             return FrameResult(record, None, None, t1 - t0, time.perf_counter() - t1)
         mesh = faces[0]
-        prediction = self.predictor.predict_batch(
+        outputs = self.predictor.predict_arrays(
             mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size], dtype=np.float32)
-        )[0]
-        record = self._record(index, float(timestamp_s), prediction)
+        )
+        record = self._record(index, float(timestamp_s), outputs)
         self.timeline.append(record)
-        return FrameResult(record, mesh, prediction, t1 - t0, time.perf_counter() - t1)
+        return FrameResult(record, mesh, outputs, t1 - t0, time.perf_counter() - t1, self.predictor)
 
-    def _record(self, index: int, t: float, p: FacePrediction) -> FrameRecord:
+    def _record(self, index: int, t: float, outputs: dict[str, np.ndarray]) -> FrameRecord:
         record = FrameRecord(index, t, True)
-        if p.expression is not None:
+        models = self.predictor.models
+        if "expression" in outputs:
             labels = self.expression_labels
-            raw = [p.expression.probabilities[k] for k in labels]
-            smoothed = self._expression.update(raw)
+            smoothed = self._expression.update(outputs["expression"][0])
             assert smoothed is not None
             record.expression_probabilities = dict(zip(labels, smoothed.tolist()))
             record.expression = labels[int(np.argmax(smoothed))]
-        if p.eyes is not None:
-            record.eyes = {side: c.label for side, c in p.eyes.items()}
-            record.eye_closed = {side: c.probabilities.get(EYE_CLOSED, float("nan")) for side, c in p.eyes.items()}
-        if p.gaze is not None:
-            g = self._gaze.update([p.gaze["x"], p.gaze["y"]])
+        if "eye" in outputs:
+            labels = models["eye"].card.labels
+            proba = outputs["eye"][0]  # (2, C): [left, right]
+            record.eyes = {side: labels[int(np.argmax(p))] for side, p in zip(EYE_SIDES, proba)}
+            closed = labels.index(EYE_CLOSED) if EYE_CLOSED in labels else None
+            record.eye_closed = {
+                side: float(p[closed]) if closed is not None else float("nan") for side, p in zip(EYE_SIDES, proba)
+            }
+        if "gaze" in outputs:
+            targets = models["gaze"].card.targets
+            g = self._gaze.update(outputs["gaze"][0][[targets.index("x"), targets.index("y")]])
             assert g is not None
             record.gaze = (float(g[0]), float(g[1]))
-        if p.mouth is not None:
-            record.mouth = p.mouth.label
-            record.mouth_open = p.mouth.probabilities.get(MOUTH_OPEN, float("nan"))
+        if "mouth" in outputs:
+            labels = models["mouth"].card.labels
+            proba = outputs["mouth"][0]
+            record.mouth = labels[int(np.argmax(proba))]
+            record.mouth_open = float(proba[labels.index(MOUTH_OPEN)]) if MOUTH_OPEN in labels else float("nan")
         closed = both_closed(record.eye_is_closed("left"), record.eye_is_closed("right"))
         self.blinks.update(closed, t)
         record.blinks = self.blinks.count

@@ -219,3 +219,57 @@ def test_unseen_features_leave_out_copies_of_training_images(small_dataset: Path
     assert len(unseen.y_all) == len(everything.y_all) - 1
     sad = LABELS.index("sad")
     assert (unseen.y_all == sad).sum() == (everything.y_all == sad).sum() - 1
+
+
+def _copy_tree(src: Path, dst: Path, per_class: int) -> Path:
+    for folder in sorted(src.glob("face_*")):
+        (dst / folder.name).mkdir(parents=True)
+        for f in sorted(folder.iterdir())[:per_class]:
+            shutil.copy2(f, dst / folder.name / f.name)
+    return dst
+
+
+def test_recipe_leaves_copies_of_validation_images_out_of_training(small_dataset: Path, tmp_path: Path) -> None:
+    from meshfer.training import TrainConfig, get_recipe
+
+    train = _copy_tree(FER_TRAIN, tmp_path / "train", 3)
+    shutil.copy2(sorted((small_dataset / "face_sad").iterdir())[0], train / "face_sad" / "copy_of_validation.jpg")
+    config = TrainConfig(
+        train_dir=train, val_dir=small_dataset, output_dir=tmp_path / "out", cache_dir=tmp_path / "meshes",
+        workers=1, landmarker=LANDMARKER, options={"n_components": 5, "max_iter": 5, "n_members": 1, "hidden": (8,)},
+    )
+    card = get_recipe("ensemble")("ensemble", config)
+    assert card.training_data["left_out_copies_of_validation_images"] == 1
+    assert card.training_data["train_images"] == 21
+    assert card.training_data["train_dir"] == f"{tmp_path.name}/train"  # no paths of the machine that trained it
+    assert card.metrics["copies_of_training_images"] == 0 and card.metrics["unseen_n_images"] == 21
+    kept = replace(config, output_dir=tmp_path / "kept", options={**config.options, "exclude_copies": "false"})
+    card = get_recipe("ensemble")("ensemble", kept)
+    assert card.training_data["left_out_copies_of_validation_images"] == 0
+    assert card.training_data["train_images"] == 22 and card.metrics["copies_of_training_images"] == 1
+
+
+def test_selection_split_keeps_duplicates_together_and_validation_out(tables, tmp_path: Path) -> None:
+    from meshfer.datasets import copies_of, duplicate_groups
+    from meshfer.meshtable import MeshTable
+    from meshfer.training.expression import selection_split
+
+    train, val = tables
+    # The same picture twice under two names, and one validation image in the training data.
+    twin = tmp_path / "twin.jpg"
+    shutil.copy2(train.paths[0], twin)
+    leak = tmp_path / "leak.jpg"
+    shutil.copy2(val.paths[0], leak)
+    extra = train.subset([0, 1])
+    paths = np.array([str(twin), str(leak)])
+    extra = replace(extra, paths=paths, groups=paths)
+    data = MeshTable.concat([train, extra])
+    groups = duplicate_groups(data.paths, data.groups)
+    assert groups[0] == groups[len(train)] and len(set(groups)) == len(data) - 1
+    for seed in range(6):
+        fit_part, held = selection_split(data, val, test_size=0.3, seed=seed)
+        assert len(fit_part) + len(held) == len(data) - 1
+        assert not copies_of(list(fit_part.paths) + list(held.paths), val.paths).any()
+        sides = {p: "fit" for p in fit_part.paths} | {p: "held" for p in held.paths}
+        assert sides[str(train.paths[0])] == sides[str(twin)]
+        assert set(held.labels) == set(LABELS)

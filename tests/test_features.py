@@ -147,3 +147,38 @@ def test_unknown_names_list_the_valid_ones() -> None:
         F.compute("nope", np.zeros((1, 478, 3)), np.zeros((1, 52)))
     with pytest.raises(KeyError, match="tesselation"):
         T.connections("nope")
+
+
+def test_keypoint_distances_match_pairwise_differences() -> None:
+    rng = np.random.default_rng(1)
+    lm = rng.random((3, 478, 3)).astype(np.float32)
+    lm[1, F.EXPRESSION_KEYPOINTS[1]] = lm[1, F.EXPRESSION_KEYPOINTS[0]] + 1e-4  # two points almost together
+    sizes = np.array([[640, 480], [48, 48], [300, 400]], np.float32)
+    iso = F.isotropic(lm, sizes).astype(np.float64)
+    points = iso[:, list(F.EXPRESSION_KEYPOINTS)]
+    i, j = np.triu_indices(len(F.EXPRESSION_KEYPOINTS), 1)
+    expected = np.linalg.norm(points[:, i] - points[:, j], axis=-1) / F.face_scale(iso.astype(np.float32))[:, None]
+    got = F.keypoint_distances(lm, sizes)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert got[1, 0] == pytest.approx(expected[1, 0], rel=1e-3)  # no precision lost on close points
+    # The nose-tip-to-forehead pair is the scale itself: exactly 1 on every face (a constant, not noise).
+    k = list(F.EXPRESSION_KEYPOINTS)
+    pair = np.flatnonzero((i == min(k.index(4), k.index(151))) & (j == max(k.index(4), k.index(151))))
+    assert (got[:, pair] == 1.0).all()
+    assert np.isnan(F.keypoint_distances(np.full((1, 478, 3), np.nan, np.float32))).all()
+
+
+def test_compute_many_equals_compute_one_by_one() -> None:
+    rng = np.random.default_rng(2)
+    lm = rng.random((2, 478, 3)).astype(np.float32)
+    bs = rng.random((2, 52)).astype(np.float32)
+    sizes = np.array([[640, 480], [48, 48]], np.float32)
+    before = lm.copy()
+    names = ["blendshapes_keypoints", "eye_state", "gaze_eye_region", "mouth_state", "nose_relative", "eye_state"]
+    many = F.compute_many(names, lm, bs, sizes)
+    assert list(many) == list(dict.fromkeys(names))
+    for name in names:
+        np.testing.assert_array_equal(many[name], F.compute(name, lm, bs, sizes))
+    np.testing.assert_array_equal(lm, before)
+    with pytest.raises(KeyError, match="valid"):
+        F.compute_many(["no_such_set"], lm, bs, sizes)

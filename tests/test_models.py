@@ -62,6 +62,13 @@ def test_onnx_export_roundtrip_plain_and_gzip(tmp_path: Path, compress: bool) ->
     again = save_onnx_model(est, tmp_path, name="tiny", task="mouth", feature_set="mouth", check_features=x,
                             labels=["a", "b", "c"], compress=not compress, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["tiny.json", again.file])
+    # An export that fails its check leaves the model it was to replace as it was.
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ModelError, match="disagrees"):
+        save_onnx_model(est, tmp_path, name="tiny", task="mouth", feature_set="mouth", check_features=x,
+                        labels=["a", "b", "c"], compress=compress, overwrite=True, tolerance=-1.0)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    np.testing.assert_allclose(load_model(tmp_path / "tiny.json").predict_proba(x), est.predict_proba(x), atol=1e-6)
 
 
 def test_malformed_cards_are_named(tmp_path: Path) -> None:
@@ -72,3 +79,25 @@ def test_malformed_cards_are_named(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"name": "x", "task": "expression"}))
     with pytest.raises(ModelError, match="lacks"):
         ModelCard.load(bad)
+
+
+@pytest.mark.parametrize("hidden", [(16,), (16, 8)])
+def test_mlp_vote_is_exported_as_a_folded_graph(tmp_path: Path, hidden: tuple[int, ...]) -> None:
+    import onnx
+
+    from meshfer.classifiers import build_pipeline, fit_pipeline
+    from meshfer.models.export import save_onnx_model
+    from meshfer.models.fold import folded_onnx_bytes
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 40))
+    y = (x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > 0.5)
+    est = fit_pipeline(build_pipeline("mlp_ensemble", n_components=8, hidden=hidden, n_members=3, max_iter=30), x, y)
+    card = save_onnx_model(est, tmp_path, name="vote", task="expression", feature_set="blendshapes", check_features=x,
+                           labels=["a", "b", "c", "d"], dtype=np.float32)
+    graph = onnx.load(str(card.model_path)).graph
+    assert len(graph.node) <= 12 + 3 * len(hidden)  # matrix products, not one operator per step and member
+    np.testing.assert_allclose(load_model(card.path).predict_proba(x), est.predict_proba(x), atol=1e-5)
+    # Anything else goes through skl2onnx.
+    svm = build_pipeline("svm", n_components=4, calibration_folds=2).fit(x, y)
+    assert folded_onnx_bytes(svm, x.shape[1]) is None

@@ -52,6 +52,15 @@ def _check_face_line(line: dict, labels: list[str]) -> None:
     assert expression["label"] == max(expression["probabilities"], key=expression["probabilities"].get)
 
 
+def test_predict_finds_the_smiles_in_real_photos() -> None:
+    """The default model on the first 10 smiling faces of the real photos: most are 'happy' (chance: 1 in 7)."""
+    photos = sorted((PHOTOS / "face_happy").iterdir())[:10]
+    result = meshfer("predict", "--json", "--eyes", "none", "--gaze", "none", "--mouth", "none", *photos)
+    assert result.returncode == 0, result.stderr
+    labels = [json.loads(s)["expression"]["label"] for s in result.stdout.splitlines() if json.loads(s)["face"]]
+    assert len(labels) >= 9 and labels.count("happy") >= 6, labels
+
+
 def test_predict_json(images: dict[str, Path]) -> None:
     inputs = [images["photo"], images["fer"], images["blank"], images["broken"]]
     result = meshfer("predict", "--json", "--eyes", "none", "--gaze", "none", "--mouth", "none", *inputs)
@@ -59,7 +68,6 @@ def test_predict_json(images: dict[str, Path]) -> None:
     lines = [json.loads(s) for s in result.stdout.splitlines()]
     assert [line["image"] for line in lines] == [str(p) for p in inputs]
     _check_face_line(lines[0], LABELS)
-    assert lines[0]["expression"]["label"] == "happy"  # a broad smile in a real photo
     _check_face_line(lines[1], LABELS)
     assert lines[2] == {"image": str(images["blank"]), "face": False, "reason": "no face found"}
     assert lines[3]["face"] is False and lines[3]["reason"].startswith("unreadable image")

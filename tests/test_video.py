@@ -318,6 +318,19 @@ def test_video_api_in_process(clip: Path, photos: list[Path], tiny_models: dict[
     flags = [r.record.face for r in results]
     assert flags[4:7] == [False] * 3 and all(flags[:4]) and all(flags[7:])
     assert all(r.mesh is not None and r.prediction is not None for r in results if r.record.face)
+    # With smoothing off, each record says what the frame's own prediction says.
+    for r in results:
+        if not r.record.face:
+            assert r.prediction is None and r.outputs is None
+            continue
+        p = r.prediction
+        assert r.record.expression == p.expression.label
+        assert r.record.expression_probabilities == pytest.approx(p.expression.probabilities)
+        assert r.record.eyes == {side: c.label for side, c in p.eyes.items()}
+        assert r.record.eye_closed == pytest.approx({side: c.probabilities["closed"] for side, c in p.eyes.items()})
+        assert r.record.gaze == pytest.approx((p.gaze["x"], p.gaze["y"]))
+        assert (r.record.mouth, r.record.mouth_open) == (p.mouth.label, pytest.approx(p.mouth.probabilities["open"]))
+        assert p == predictor.predict_mesh(r.mesh)
     with TimelineCsvWriter(tmp_path / "t.csv", analyzer.expression_labels, analyzer.tasks) as writer:
         for record in analyzer.timeline:
             writer.write(record)

@@ -8,6 +8,7 @@ predictions on the sample given.
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ from .._io import atomic_write
 from ..assets import sha256_of
 from ..errors import ModelError
 from .card import ModelCard, library_versions, utc_now
+from .fold import folded_onnx_bytes
 from .onnx import OnnxModel
 
 __all__ = ["save_onnx_model", "to_onnx_bytes", "COMPRESS_ABOVE"]
@@ -57,6 +59,7 @@ def save_onnx_model(
     tolerance: float = 1e-4,
     dtype: type = np.float64,
     compress: bool | None = None,
+    fold: bool = True,
 ) -> ModelCard:
     """Export ``estimator`` to ``<directory>/<name>.onnx`` with card ``<name>.json``; return the card.
 
@@ -66,6 +69,8 @@ def save_onnx_model(
     ``dtype`` np.float32 halves the file (and lets ONNX's SVM operator hold the support vectors).
     ``compress`` writes ``<name>.onnx.gz`` instead (None: when the model exceeds
     :data:`COMPRESS_ABOVE` bytes; ONNX stores attribute floats unpacked, so large SVMs shrink by ~25%).
+    ``fold`` (with float32) writes a scaler -> PCA -> MLP vote as a few matrix products
+    (:mod:`meshfer.models.fold`) instead of skl2onnx's operator-per-step graph.
     """
     directory = Path(directory)
     card_path = directory / f"{name}.json"
@@ -75,21 +80,18 @@ def save_onnx_model(
             if p.exists():
                 raise ModelError(f"{p}: exists; pass overwrite=True (--overwrite) to replace it")
     x = np.asarray(check_features, dtype=np.float64)
-    data = to_onnx_bytes(estimator, x.shape[1], dtype=dtype)
+    data = folded_onnx_bytes(estimator, x.shape[1]) if fold and dtype == np.float32 else None
+    if data is None:
+        data = to_onnx_bytes(estimator, x.shape[1], dtype=dtype)
     if compress is None:
         compress = len(data) > COMPRESS_ABOVE
     onnx_path = candidates[1] if compress else candidates[0]
-    with atomic_write(onnx_path) as f:
-        f.write(gzip.compress(data, compresslevel=9, mtime=0) if compress else data)
-    for stale in candidates[:2]:
-        if stale != onnx_path:
-            stale.unlink(missing_ok=True)  # the other format of the model being replaced
     card = ModelCard(
         name=name,
         task=task,
         format="onnx",
         file=onnx_path.name,
-        sha256=sha256_of(onnx_path),
+        sha256="",  # set once the file is written
         feature_set=feature_set,
         n_features=int(x.shape[1]),
         labels=list(labels),
@@ -105,7 +107,14 @@ def save_onnx_model(
         extra=dict(extra or {}),
         path=card_path.resolve(),
     )
-    _check_agreement(estimator, OnnxModel(card), x, tolerance)
+    # Checked before anything is written: a failed export leaves an existing model as it was.
+    _check_agreement(estimator, OnnxModel(card, data), x, tolerance)
+    with atomic_write(onnx_path) as f:
+        f.write(gzip.compress(data, compresslevel=9, mtime=0) if compress else data)
+    for stale in candidates[:2]:
+        if stale != onnx_path:
+            stale.unlink(missing_ok=True)  # the other format of the model being replaced
+    card = replace(card, sha256=sha256_of(onnx_path))
     card.save(card_path)
     return card
 
@@ -125,5 +134,4 @@ def _check_agreement(estimator: Any, model: OnnxModel, x: np.ndarray, tolerance:
         got = model.predict(x)
     worst = float(np.max(np.abs(expected - got))) if len(x) else 0.0
     if worst > tolerance:
-        model.card.model_path.unlink(missing_ok=True)
         raise ModelError(f"{model.card.name}: ONNX export disagrees with scikit-learn (max difference {worst:.2e})")

@@ -20,7 +20,9 @@ class OnnxModel:
     Runs single-threaded: the models are tiny, and a thread pool costs more than it saves.
     """
 
-    def __init__(self, card: ModelCard) -> None:
+    def __init__(self, card: ModelCard, data: bytes | None = None) -> None:
+        """Load ``card``'s model file, or the serialized ONNX ``data`` when given (to check a model
+        before it is written)."""
         import onnxruntime as ort
 
         self.card = card
@@ -30,7 +32,11 @@ class OnnxModel:
         options.log_severity_level = 3
         try:
             path = card.model_path
-            model: str | bytes = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else str(path)
+            model: str | bytes
+            if data is not None:
+                model = data
+            else:
+                model = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else str(path)
             self._session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["TrainConfig", "RECIPES", "get_recipe", "load_meshes"]
+__all__ = ["TrainConfig", "RECIPES", "get_recipe", "load_meshes", "short_path", "leave_out_copies"]
 
 
 @dataclass
@@ -64,3 +64,21 @@ def load_meshes(directory: Path, config: TrainConfig, prefix: str = "face_", pro
         directory, config.cache_dir, per_class=config.limit_per_class, prefix=prefix, seed=config.seed,
         workers=config.workers, options=LandmarkerOptions(model_path=config.landmarker), progress=progress,
     )
+
+
+def short_path(directory: str | Path) -> str:
+    """The last two parts of a folder path (e.g. 'fer2013/train'): what cards and descriptions
+    record of the data, without the paths of the machine that trained the model."""
+    return "/".join(Path(str(directory)).expanduser().absolute().parts[-2:])
+
+
+def leave_out_copies(train: Any, validation: Any) -> tuple[Any, int]:
+    """``train`` (a MeshTable) without its images that are byte-identical to an image of
+    ``validation``, and how many were left out: a validation image must not be in training
+    (FER-2013 train holds 351 copies of 280 of its validation images)."""
+    import numpy as np
+
+    from ..datasets import copies_of
+
+    copies = copies_of(train.paths, validation.paths)
+    return train.subset(np.flatnonzero(~copies)), int(copies.sum())

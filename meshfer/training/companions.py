@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import MeshferError
 from ..meshtable import MeshTable
 from ..sorting import EYE_LABELS, KINDS, MOUTH_LABELS, UNSURE, propose_labels
+from . import short_path as _short
 
 __all__ = [
     "EYE_FEATURE_SET",
@@ -302,7 +303,7 @@ def _split_tables(kind: str, config: Any) -> tuple[MeshTable, MeshTable, dict[st
         raise MeshferError(f"{config.train_dir}: no labelled faces for the {kind} model")
     if config.val_dir is not None:
         held = labelled_meshes(kind, config.val_dir, options=options, **common)
-        split = f"validation folder {config.val_dir}"
+        split = f"validation folder {_short(config.val_dir)}"
         train = table
     else:
         test_size = float(config.options.get("test_size", 0.1))
@@ -310,7 +311,7 @@ def _split_tables(kind: str, config: Any) -> tuple[MeshTable, MeshTable, dict[st
         train, held = table.subset(tr), table.subset(te)
         split = f"{1 - test_size:.0%}/{test_size:.0%} split by group (seed {config.seed})"
     info = {
-        "source": str(config.train_dir),
+        "source": _short(config.train_dir),
         "labels_from": table.meta["label_source"],
         "held_out": split,
         "n_train_images": len(train),
@@ -385,11 +386,6 @@ def _fit_classifier(kind: str, name: str, config: Any) -> Any:
         )
 
 
-def _short(directory: Any) -> str:
-    """The last two parts of a folder path (e.g. 'fer2013/train'), for descriptions."""
-    return "/".join(Path(str(directory)).expanduser().absolute().parts[-2:])
-
-
 def _feature_set(kind: str) -> str:
     return EYE_FEATURE_SET if kind == "eyes" else MOUTH_FEATURE_SET
 
@@ -435,7 +431,7 @@ def train_gaze(name: str, config: Any) -> Any:
         tr, x_te, y_te = np.arange(len(table)), None, None
         x_te = compute(feature_set, held.landmarks, held.blendshapes, held.image_sizes)
         y_te = gaze_targets(held.blendshapes)
-        split = f"validation folder {config.val_dir}"
+        split = f"validation folder {_short(config.val_dir)}"
     else:
         test_size = float(config.options.get("test_size", 0.1))
         tr, te = group_split(table.groups, test_size, seed=config.seed)
@@ -453,7 +449,7 @@ def train_gaze(name: str, config: Any) -> Any:
         metrics = regression_metrics(y_te, np.clip(raw, *GAZE_RANGE))
         metrics["unclipped"] = regression_metrics(y_te, raw)
     info = {
-        "source": str(config.train_dir),
+        "source": _short(config.train_dir),
         "targets_from": "blendshapes: x = (eyeLookOutLeft + eyeLookInRight - eyeLookInLeft - eyeLookOutRight) / 2, "
         "y = (eyeLookUpLeft + eyeLookUpRight - eyeLookDownLeft - eyeLookDownRight) / 2",
         "held_out": split,
