@@ -727,7 +727,7 @@ def train(name: str, config: Any, verbose: int = 2) -> Any:
     """
     from .datasets import group_split
     from .evaluation import evaluate_table, unseen_metrics
-    from .training import leave_out_copies, load_meshes, short_path
+    from .training import as_bool, leave_out_copies, load_meshes, short_path
 
     hp, training, other = _split_options(dict(config.options))
     hp = _hparams(hp)
@@ -738,7 +738,7 @@ def train(name: str, config: Any, verbose: int = 2) -> Any:
     if config.val_dir is not None:
         val_table = load_meshes(Path(config.val_dir), config)
         held_out = f"validation folder {short_path(config.val_dir)}"
-        if str(other.get("exclude_copies", True)).strip().lower() not in ("0", "false", "no", "off"):
+        if as_bool(other.get("exclude_copies", True)):
             table, left_out = leave_out_copies(table, val_table)
     else:
         test_size = float(other.get("test_size", 0.1))

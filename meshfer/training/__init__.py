@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["TrainConfig", "RECIPES", "get_recipe", "load_meshes", "short_path", "leave_out_copies"]
+__all__ = ["TrainConfig", "RECIPES", "get_recipe", "load_meshes", "short_path", "leave_out_copies", "as_bool"]
 
 
 @dataclass
@@ -82,3 +82,10 @@ def leave_out_copies(train: Any, validation: Any) -> tuple[Any, int]:
 
     copies = copies_of(train.paths, validation.paths)
     return train.subset(np.flatnonzero(~copies)), int(copies.sum())
+
+
+def as_bool(value: Any) -> bool:
+    """A recipe option as a bool: ``--option key=false`` arrives as the string "false"."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

@@ -28,6 +28,7 @@ import numpy as np
 from .. import features
 from ..evaluation import NO_FACE, classification_metrics
 from ..meshtable import MeshTable
+from . import as_bool
 
 __all__ = [
     "EXPRESSION_LABELS",
@@ -73,16 +74,10 @@ class ExpressionSpec:
         options = dict(options)
         fields_ = {k: options.pop(k) for k in ("feature_set", "kind", "mirror", "class_balance") if k in options}
         if "mirror" in fields_:
-            fields_["mirror"] = _as_bool(fields_["mirror"])
+            fields_["mirror"] = as_bool(fields_["mirror"])
         if "class_balance" in fields_:
             fields_["class_balance"] = float(fields_["class_balance"])
         return replace(self, params={**self.params, **options}, **fields_)
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 #: The shipped expression models (``meshfer train <name>`` reproduces each).
@@ -414,7 +409,7 @@ def train(name: str, config: Any) -> Any:
     options = dict(config.options)
     photos_dir = options.pop("photos_dir", None)
     photos_name = options.pop("photos_name", None)
-    exclude_copies = _as_bool(options.pop("exclude_copies", True))
+    exclude_copies = as_bool(options.pop("exclude_copies", True))
     spec = EXPRESSION_MODELS[name].with_options(options)
 
     train_table = load_meshes(config.train_dir, config)
