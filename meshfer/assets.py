@@ -12,7 +12,9 @@ Resolution order for :func:`resolve_landmarker`:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import struct
 import urllib.error
 import urllib.request
 import zipfile
@@ -45,7 +47,9 @@ ENV_LANDMARKER_URL = "MESHFER_LANDMARKER_URL"
 ENV_CACHE_DIR = "MESHFER_CACHE_DIR"
 
 # Members of the .task bundle (a zip archive) that the face landmarker needs.
-_REQUIRED_MEMBERS = ("face_detector.tflite", "face_landmarks_detector.tflite")
+_REQUIRED_MEMBERS = ("face_detector.tflite", "face_landmarks_detector.tflite", "face_blendshapes.tflite")
+_NUM_LANDMARKS, _NUM_BLENDSHAPES = 478, 52
+_checked: dict[tuple[str, int, int], Path] = {}
 
 
 def cache_dir() -> Path:
@@ -67,17 +71,103 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def tflite_io_shapes(data: bytes) -> tuple[list[list[int]], list[list[int]]]:
+    """Shapes of the input and output tensors of a TensorFlow Lite model's first subgraph, read
+    with a minimal FlatBuffers reader (Model.subgraphs[0] tensors, inputs, outputs). Raises
+    ValueError when ``data`` is not a TFLite model."""
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ValueError("not a TensorFlow Lite model")
+
+    def u32(o: int) -> int:
+        return struct.unpack_from("<I", data, o)[0]
+
+    def i32(o: int) -> int:
+        return struct.unpack_from("<i", data, o)[0]
+
+    def field(table: int, index: int) -> int | None:
+        vtable = table - i32(table)
+        pos = 4 + 2 * index
+        if pos >= struct.unpack_from("<H", data, vtable)[0]:
+            return None
+        off = struct.unpack_from("<H", data, vtable + pos)[0]
+        return table + off if off else None
+
+    def vector(pos: int | None) -> tuple[int, int]:
+        if pos is None:
+            return 0, 0
+        start = pos + u32(pos)
+        return start + 4, u32(start)
+
+    try:
+        root = u32(0)
+        start, n = vector(field(root, 2))
+        if n < 1:
+            raise ValueError("the model has no subgraph")
+        subgraph = start + u32(start)
+        tensors, n_tensors = vector(field(subgraph, 0))
+
+        def shape(i: int) -> list[int]:
+            if not 0 <= i < n_tensors:
+                raise ValueError(f"tensor index {i} out of range")
+            t = tensors + 4 * i
+            t += u32(t)
+            s, k = vector(field(t, 0))
+            return [i32(s + 4 * j) for j in range(k)]
+
+        def ints(pos: int | None) -> list[int]:
+            s, k = vector(pos)
+            return [i32(s + 4 * j) for j in range(k)]
+
+        return [shape(i) for i in ints(field(subgraph, 1))], [shape(i) for i in ints(field(subgraph, 2))]
+    except (struct.error, IndexError, OverflowError) as exc:
+        raise ValueError(f"damaged TensorFlow Lite model ({exc})") from None
+
+
+def _member_problem(name: str, data: bytes) -> str | None:
+    """Why a member of the bundle is not the model its name says (None when it is)."""
+    try:
+        inputs, outputs = tflite_io_shapes(data)
+    except ValueError as exc:
+        return str(exc)
+    sizes = [math.prod(s) for s in outputs]
+    image_input = len(inputs) == 1 and len(inputs[0]) == 4 and inputs[0][-1] == 3
+    if name == "face_detector.tflite":
+        boxes = any(len(s) == 3 and s[-1] >= 4 for s in outputs)
+        if not image_input or not boxes or _NUM_LANDMARKS * 3 in sizes:
+            return f"not a face detector (inputs {inputs}, outputs {outputs})"
+    elif name == "face_landmarks_detector.tflite":
+        if not image_input or _NUM_LANDMARKS * 3 not in sizes:
+            return f"not a {_NUM_LANDMARKS}-point face landmark model (inputs {inputs}, outputs {outputs})"
+    elif name == "face_blendshapes.tflite":
+        if _NUM_BLENDSHAPES not in sizes or image_input:
+            return f"not a {_NUM_BLENDSHAPES}-blendshape model (inputs {inputs}, outputs {outputs})"
+    return None
+
+
 def check_landmarker_file(path: str | Path) -> Path:
     """Check that ``path`` is a readable, complete face landmarker bundle; return it resolved.
 
-    A .task file is a zip archive holding the detector and landmark models; a truncated or
-    unrelated file is reported here, by name, rather than crashing inside MediaPipe.
+    A .task file is a zip archive holding the detector, landmark and blendshape models; a
+    truncated or unrelated file, and a bundle whose members are missing, damaged or swapped
+    (each member's inputs and outputs are read), is reported here, by name, rather than crashing
+    inside MediaPipe.
     """
     path = Path(path).expanduser()
     if not path.exists():
+        if path.is_symlink():
+            raise LandmarkerModelError(f"{path}: landmarker model file not found (dangling symbolic link)")
         raise LandmarkerModelError(f"{path}: landmarker model file not found")
     if path.is_dir():
         raise LandmarkerModelError(f"{path}: is a folder; expected the face_landmarker.task file")
+    if not path.is_file():
+        raise LandmarkerModelError(f"{path}: not a regular file; expected the face_landmarker.task file")
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError as exc:
+        raise LandmarkerModelError(f"{path}: cannot read landmarker model ({exc.strerror or exc})") from None
+    if key in _checked:
+        return _checked[key]
     try:
         with zipfile.ZipFile(path) as bundle:
             names = set(bundle.namelist())
@@ -89,14 +179,19 @@ def check_landmarker_file(path: str | Path) -> Path:
             bad = bundle.testzip()
             if bad is not None:
                 raise LandmarkerModelError(f"{path}: corrupt landmarker model (member {bad} fails its checksum)")
+            for member in _REQUIRED_MEMBERS:
+                problem = _member_problem(member, bundle.read(member))
+                if problem is not None:
+                    raise LandmarkerModelError(f"{path}: damaged or rearranged landmarker model: {member} is {problem}")
     except zipfile.BadZipFile:
         raise LandmarkerModelError(
             f"{path}: corrupt or truncated landmarker model (not a valid .task bundle); "
             f"delete it and fetch {LANDMARKER_FILENAME} again"
         ) from None
-    except OSError as exc:
-        raise LandmarkerModelError(f"{path}: cannot read landmarker model ({exc.strerror or exc})") from None
-    return path.resolve()
+    except (OSError, EOFError, RuntimeError, ValueError) as exc:
+        raise LandmarkerModelError(f"{path}: cannot read landmarker model ({getattr(exc, 'strerror', None) or exc})") from None
+    _checked[key] = path.resolve()
+    return _checked[key]
 
 
 def download_file(

@@ -6,24 +6,41 @@ to its source and a split never separates them. Existing files are never overwri
 images are never augmented again, and the same seed gives the same copies (each copy's random
 draw depends only on the seed, the source's name and the copy number, not on what else exists).
 
+The copies to make are a fixed plan: ``limit`` copies, the sources taken round-robin in name
+order (copy 1 of every source, then copy 2, ...). A copy of the plan that exists already is not
+made again, so running the same command twice writes nothing new, and a run cut short (Ctrl-C, a
+crash, a full disk) is finished by running it again. Each copy is written to a temporary file and
+renamed into place: a copy is either complete or absent. Images smaller than
+:data:`MIN_SIDE` pixels on a side are skipped (the distortions need a few pixels to work on).
+
 Needs Albumentations (a training extra), imported on first use.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from ._io import check_writable, os_reason
 from .datasets import augmented_name, is_augmented
-from .errors import DatasetError, ImageReadError
-from .images import is_image_file, read_image
+from .errors import DatasetError, ImageReadError, OutputError
+from .images import file_problem, is_image_file, read_image
 
-__all__ = ["AugmentStats", "build_transform", "augment_image", "augment_folder", "augmented_tree"]
+__all__ = ["AugmentStats", "MIN_SIDE", "build_transform", "augment_image", "augment_folder", "augmented_tree"]
+
+#: Images with a side shorter than this (pixels) are not augmented: Albumentations' grid and
+#: optical distortions divide by zero below about 5 pixels.
+MIN_SIDE = 8
+_TEMP_PREFIX = ".augmented-tmp-"
+_TEMP_RE = re.compile(r"^\.augmented-tmp-.*\.part$")
 
 
 @dataclass
@@ -33,11 +50,15 @@ class AugmentStats:
     written: list[Path] = field(default_factory=list)
     skipped_unreadable: list[Path] = field(default_factory=list)
     n_sources: int = 0
+    already_there: list[Path] = field(default_factory=list)
+    skipped_small: list[Path] = field(default_factory=list)
 
     def __str__(self) -> str:
+        extra = f", {len(self.already_there)} already there" if self.already_there else ""
+        small = f", {len(self.skipped_small)} too small skipped" if self.skipped_small else ""
         return (
             f"{len(self.written)} augmented copies written from {self.n_sources} source images"
-            f" ({len(self.skipped_unreadable)} unreadable skipped)"
+            f" ({len(self.skipped_unreadable)} unreadable skipped{small}{extra})"
         )
 
 
@@ -57,7 +78,7 @@ def build_transform(seed: int | None = None) -> Any:
 
 
 def _copy_seed(seed: int, name: str, copy: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{name}/{copy}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}/{name}/{copy}".encode("utf-8", "surrogateescape")).digest()  # any file name
     return int.from_bytes(digest[:4], "little")
 
 
@@ -81,12 +102,38 @@ def _encode(image: np.ndarray, suffix: str) -> bytes:
     return buf.tobytes()
 
 
-def _next_copy(source: Path, start: int = 1) -> int:
-    """The first copy number >= ``start`` whose file does not exist yet."""
-    k = start
-    while (source.parent / augmented_name(source, k)).exists():
-        k += 1
-    return k
+def _write_new(target: Path, data: bytes) -> bool:
+    """Write ``data`` as ``target`` atomically and without overwriting: a temporary file in the same
+    folder, hard-linked into place (fails if ``target`` exists), then removed. False when ``target``
+    appeared meanwhile. Raises OSError (the temporary file removed) when the folder cannot take it."""
+    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system: rename, after one more look
+            if target.exists():
+                return False
+            os.rename(tmp, target)
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of a run that was killed before it could remove them."""
+    for p in folder.iterdir():
+        if _TEMP_RE.match(p.name):
+            try:
+                p.unlink()
+            except OSError:
+                pass
 
 
 def augment_folder(
@@ -97,56 +144,97 @@ def augment_folder(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> AugmentStats:
-    """Write augmented copies of the images in ``folder``.
+    """Make sure the folder holds the augmented copies of its images that ``limit`` asks for.
 
-    ``limit`` is the number of copies to write; None writes one copy per source image. Sources
-    (every image not itself augmented, in name order) are taken round-robin: each gets a new
-    copy before any gets another, so ``limit`` larger than the number of sources balances a small
-    class with second and third copies. Each new copy takes the first free name, so nothing is
-    overwritten. Unreadable images are skipped with a one-line message (``log``, default stderr).
+    ``limit`` is the number of copies (None: one per source image). Sources (every image not
+    itself augmented, in name order) are taken round-robin: each gets a copy before any gets a
+    second one, so ``limit`` larger than the number of sources balances a small class with
+    second and third copies. A copy of this plan that is already there (from an earlier run) is
+    kept and counts; so a second run writes nothing, and a run that was cut short is completed.
+    Unreadable images and images too small to distort (:data:`MIN_SIDE`) are skipped with a
+    one-line message (``log``, default stderr) and their copies go to the next sources. A folder
+    that cannot take the copies (read-only, full) raises :class:`~meshfer.errors.OutputError`,
+    with every copy made so far complete.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder")
     log = log or (lambda message: print(message, file=sys.stderr))
-    sources = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p) and not is_augmented(p))
+    entries = sorted(p for p in folder.iterdir() if is_image_file(p) and not is_augmented(p) and not p.name.startswith("."))
+    sources = [p for p in entries if p.is_file()]
     stats = AugmentStats(n_sources=len(sources))
+    for p in entries:
+        if not p.is_file():  # links to nowhere, FIFOs, folders named like images: said, not read
+            log(f"skipped {p}: {file_problem(p) or 'not a regular file'}")
+            stats.skipped_unreadable.append(p)
     if not sources:
         log(f"{folder}: no source images to augment")
         return stats
     total = len(sources) if limit is None else int(limit)
-    transform = build_transform()
+    if total <= 0:
+        return stats
+    _remove_stale_temporaries(folder)
+    transform = None
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, unit="img", desc=f"Augmenting {folder.name}")
-    usable = list(sources)
-    round_ = 0
+    usable: list[Path] = []  # sources known to be usable, in order (fixed by round 1)
+    done = 0
+    copy = 0
     try:
-        while len(stats.written) < total and usable:
-            round_ += 1
-            for source in list(usable):
-                if len(stats.written) >= total:
+        while done < total:
+            copy += 1
+            candidates = sources if copy == 1 else usable
+            if copy > 1 and not usable:
+                break
+            done_before = done
+            for source in candidates:
+                if done >= total:
                     break
+                target = source.parent / augmented_name(source, copy)
+                if target.exists():  # made by an earlier run: part of the plan already
+                    if copy == 1:
+                        usable.append(source)
+                    stats.already_there.append(target)
+                    done += 1
+                    if bar is not None:
+                        bar.update(1)
+                    continue
                 try:
                     image = read_image(source)
                 except ImageReadError as exc:
-                    log(f"skipped {exc.path}: {exc.reason}")
-                    stats.skipped_unreadable.append(source)
-                    usable.remove(source)
+                    if copy == 1:
+                        log(f"skipped {exc.path}: {exc.reason}")
+                        stats.skipped_unreadable.append(source)
                     continue
-                copy = _next_copy(source, round_)
-                target = source.parent / augmented_name(source, copy)
+                if min(image.shape[:2]) < MIN_SIDE:
+                    if copy == 1:
+                        h, w = image.shape[:2]
+                        log(f"skipped {source}: too small to augment ({w}x{h} pixels; at least {MIN_SIDE} on each side)")
+                        stats.skipped_small.append(source)
+                    continue
+                if copy == 1:
+                    usable.append(source)
+                if transform is None:
+                    transform = build_transform()
                 data = _encode(augment_image(image, _copy_seed(seed, source.name, copy), transform), source.suffix)
                 try:
-                    with open(target, "xb") as f:  # "x": never overwrite, even in a race
-                        f.write(data)
-                except FileExistsError:
-                    continue
+                    if not _write_new(target, data):
+                        continue  # appeared meanwhile (another run): never overwritten
+                except OSError as exc:
+                    made = len(stats.written) + len(stats.already_there)
+                    raise OutputError(
+                        f"{folder}: cannot write {target.name} ({os_reason(exc)}); {made} of {total} copies are there, "
+                        f"each complete; free some space and run the same command again to finish"
+                    ) from None
                 stats.written.append(target)
+                done += 1
                 if bar is not None:
                     bar.update(1)
+            if copy > 1 and done == done_before:  # nothing could be added in a whole round
+                break
     finally:
         if bar is not None:
             bar.close()
@@ -172,6 +260,7 @@ def augmented_tree(
     import shutil
 
     target = Path(target)
+    check_writable(target / ".augmented-tree", what="augmentation folder")
     stats: dict[str, AugmentStats] = {}
     for label in dataset.labels:
         records = [r for r in dataset.records if r.label == label and not is_augmented(r.path)]
@@ -187,6 +276,5 @@ def augmented_tree(
                 except OSError:
                     shutil.copy2(r.path, link)
         wanted = len(records) if limit_per_class is None else limit_per_class
-        existing = sum(1 for p in folder.iterdir() if is_augmented(p))
-        stats[label] = augment_folder(folder, max(wanted - existing, 0), seed, progress=progress, log=log)
+        stats[label] = augment_folder(folder, wanted, seed, progress=progress, log=log)  # copies there count
     return stats

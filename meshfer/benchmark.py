@@ -201,33 +201,37 @@ def bench_stages(data: Path, n_images: int, choices: dict[str, str | None], land
     predictor = _predictor(choices)
     models = predictor.models
     sets = sorted({m.card.feature_set for m in models.values()})
-    times: dict[str, list[float]] = {k: [] for k in ("decode", "landmarker", "inference", "predict", "total")}
+    times: dict[str, list[float]] = {k: [] for k in ("decode", "landmarker", "inference", "crop", "predict", "total")}
     for s in sets:
         times[f"features: {s}"] = []
     for task, m in models.items():
         times[f"model: {task} ({m.card.name})"] = []
     faces = 0
-    with FaceLandmarker(LandmarkerOptions(model_path=landmarker)) as lm:
+    crop_spec = predictor.crop_spec
+    with FaceLandmarker(LandmarkerOptions(model_path=landmarker, crop=crop_spec)) as lm:
         for warm in paths[:3]:
             lm.detect(warm)
         for path in paths:
             t0 = time.perf_counter()
             image = read_image(path)
             t1 = time.perf_counter()
-            before = lm.inference_seconds
+            before, before_crop = lm.inference_seconds, lm.crop_seconds
             found = lm.detect(image)
             t2 = time.perf_counter()
             times["decode"].append(t1 - t0)
             times["landmarker"].append(t2 - t1)
             times["inference"].append(lm.inference_seconds - before)
+            if found and crop_spec is not None:
+                times["crop"].append(lm.crop_seconds - before_crop)
             if not found:
                 times["total"].append(t2 - t0)
                 continue
             faces += 1
             mesh = found[0]
             args = (mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size], dtype=np.float32))
+            crops = None if mesh.crop is None else mesh.crop[None]
             t3 = time.perf_counter()
-            predictor.predict_batch(*args)
+            predictor.predict_batch(*args, crops)
             t4 = time.perf_counter()
             times["predict"].append(t4 - t3)
             times["total"].append(t4 - t0)
@@ -239,12 +243,13 @@ def bench_stages(data: Path, n_images: int, choices: dict[str, str | None], land
             for task, m in models.items():
                 x = feats[m.card.feature_set]
                 t = time.perf_counter()
-                m.predict_proba(x) if m.card.is_classifier else m.predict(x)
+                _run_model(m, x, crops)
                 times[f"model: {task} ({m.card.name})"].append(time.perf_counter() - t)
     rows = {
         "decode": "decode (read_image)",
         "landmarker": "landmarker (detect, with fallback)",
         "inference": "  of which MediaPipe inference",
+        "crop": "  of which mesh-aligned face crop",
     }
     out_rows = [[rows.get(k, k), *_ms(v)] for k, v in times.items() if k in rows]
     out_rows += [[k, *_ms(v)] for k, v in times.items() if k.startswith(("features:", "model:"))]
@@ -257,6 +262,13 @@ def bench_stages(data: Path, n_images: int, choices: dict[str, str | None], land
         "rows": out_rows,
         "models": {t: m.card.name for t, m in models.items()},
     }
+
+
+def _run_model(model: Any, x: np.ndarray, crops: np.ndarray | None) -> Any:
+    """One model on one face's features (and crop, for the models that read crops)."""
+    if getattr(model, "needs_crops", False):
+        return model.predict_proba(x, crops)
+    return model.predict_proba(x) if model.card.is_classifier else model.predict(x)
 
 
 def bench_extract(data: Path, max_workers: int, limit: int | None, landmarker: str | None) -> dict[str, Any]:
@@ -408,28 +420,32 @@ def _child_video(params: dict[str, Any]) -> dict[str, Any]:
     from . import features
 
     models = predictor.models
-    split: dict[str, list[float]] = {"landmarker": [], "features": [], "inference": []}
+    split: dict[str, list[float]] = {"landmarker": [], "crop": [], "features": [], "inference": []}
     split.update({f"model: {task} ({m.card.name})": [] for task, m in models.items()})
-    with FaceLandmarker(dataclasses.replace(options, running_mode=RunningMode.VIDEO)) as lm:
+    crop_spec = predictor.crop_spec
+    with FaceLandmarker(dataclasses.replace(options, running_mode=RunningMode.VIDEO, crop=crop_spec)) as lm:
         for rgb, t in frames:
             a = time.perf_counter()
+            before_crop = lm.crop_seconds
             faces = lm.detect_for_video(rgb, int(t * 1000))
             if not faces or not models:
                 continue
             split["landmarker"].append(time.perf_counter() - a)
+            if crop_spec is not None:
+                split["crop"].append(lm.crop_seconds - before_crop)
             mesh = faces[0]
             args = (mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size], dtype=np.float32))
+            crops = None if mesh.crop is None else mesh.crop[None]
             a = time.perf_counter()
             feats = features.compute_many([m.card.feature_set for m in models.values()], *args)
             b = time.perf_counter()
             for task, m in models.items():
                 c = time.perf_counter()
-                (
-                    m.predict_proba(feats[m.card.feature_set])
-                    if m.card.is_classifier
-                    else m.predict(feats[m.card.feature_set])
-                )
+                _run_model(m, feats[m.card.feature_set], crops)
                 split[f"model: {task} ({m.card.name})"].append(time.perf_counter() - c)
+                if crops is not None and getattr(m, "needs_crops", False):
+                    key = f"crop + model: {task} ({m.card.name})"
+                    split.setdefault(key, []).append(split["crop"][-1] + split[f"model: {task} ({m.card.name})"][-1])
             split["features"].append(b - a)
             split["inference"].append(time.perf_counter() - b)
     out["split_ms"] = {k: _ms(v) for k, v in split.items() if v}
@@ -551,13 +567,13 @@ def _print_results(results: dict[str, Any], echo: Callable[[str], None]) -> None
             ["  features + models + temporal", "", "", *e2e["models_ms"]],
             *[
                 [
-                    f"    {'all feature sets' if k == 'features' else 'all models' if k == 'inference' else k}",
+                    f"    {_SPLIT_NAMES.get(k, k)}",
                     "",
                     "",
                     *v,
                 ]
                 for k, v in r.get("split_ms", {}).items()
-                if k != "landmarker"
+                if k != "landmarker" and not k.startswith("crop +")
             ],
             ["end to end + overlay", ov["frames"], ov["fps"], float("nan"), float("nan")],
             ["  overlay drawing", "", "", *ov.get("overlay_ms", (float("nan"),) * 2)],
@@ -581,8 +597,14 @@ def _print_results(results: dict[str, Any], echo: Callable[[str], None]) -> None
                 f"({100 * split['features'][0] / lm_ms:.1f}%), model inference {split['inference'][0]:.3f} ms "
                 f"({100 * split['inference'][0] / lm_ms:.1f}%)"
             )
+        for k, v in split.items():
+            if k.startswith("crop +"):
+                echo(f"  {k}: median {v[0]:.3f} ms, p95 {v[1]:.3f} ms per face on one core")
         echo(f"  models: {r.get('models') or 'none installed'}")
         echo("")
+
+
+_SPLIT_NAMES = {"features": "all feature sets", "inference": "all models", "crop": "face crop (in the landmarker)"}
 
 
 def _environment() -> dict[str, Any]:

@@ -180,22 +180,35 @@ def scan_dataset(
 def scan_paths(inputs: Iterable[str | Path]) -> Dataset:
     """Unlabelled images from files and folders (folders expand to their images, recursively).
 
-    Missing paths and non-image files are recorded as problems.
+    Missing paths, and the entries of a folder that are not read (files without an image
+    extension, links that lead nowhere, FIFOs and devices), are recorded as problems, each with
+    its reason; hidden files are left out silently.
     """
+    from .images import file_problem
+
     records: list[ImageRecord] = []
     problems: list[Problem] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
-            images = [q for q in found if is_image_file(q)]
+            images = []
+            for q in sorted(p.rglob("*")):
+                rel = q.relative_to(p).parts
+                if q.name.startswith(".") or q.is_dir():
+                    continue
+                if is_image_file(q) and q.is_file():
+                    images.append(q)
+                elif not any(part.startswith(".") for part in rel):
+                    reason = file_problem(q) if is_image_file(q) else None
+                    problems.append(Problem(str(q), reason or "not an image file (extension)"))
             if not images:
                 problems.append(Problem(str(p), "folder holds no images"))
             records.extend(ImageRecord(q, "", group_of(q)) for q in images)
         elif p.is_file():
             records.append(ImageRecord(p, "", group_of(p)))
         else:
-            problems.append(Problem(str(p), "no such file or folder"))
+            reason = file_problem(p)
+            problems.append(Problem(str(p), "no such file or folder" if reason in (None, "no such file") else reason))
     return Dataset(None, records, [], problems)
 
 

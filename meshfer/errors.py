@@ -9,6 +9,8 @@ __all__ = [
     "LandmarkerModelError",
     "ModelError",
     "UnknownModelError",
+    "OutputError",
+    "Terminated",
 ]
 
 
@@ -42,3 +44,15 @@ class UnknownModelError(ModelError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class OutputError(MeshferError):
+    """An output file or folder cannot be written (read-only, full disk, not a folder, ...)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) received: handled like Ctrl-C, so that work done so far is saved."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")

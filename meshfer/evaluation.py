@@ -108,7 +108,17 @@ def evaluate_table(model: Any, table: Any) -> dict[str, Any]:
         x = features.compute(
             model.card.feature_set, table.landmarks[found], table.blendshapes[found], table.image_sizes[found]
         )
-        y_pred[found] = model.predict_proba(x).argmax(axis=1)
+        if getattr(model, "needs_crops", False):
+            if not table.has_crops:
+                from .errors import MeshferError
+
+                raise MeshferError(
+                    f"model {model.card.name!r} reads face crops, and these meshes were extracted without them "
+                    "(extract them again: meshfer extract keeps crops by default)"
+                )
+            y_pred[found] = model.predict_proba(x, table.crops[found]).argmax(axis=1)
+        else:
+            y_pred[found] = model.predict_proba(x).argmax(axis=1)
     metrics = classification_metrics(y_true, y_pred, labels)
     metrics["excluded"] = int((~keep).sum())
     return metrics

@@ -581,3 +581,15 @@ def _fs_keypoint_distances(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | N
 @register_feature_set("blendshapes_keypoints", "the 52 blendshapes then the 3655 key-point distances (3707)")
 def _fs_blendshapes_keypoints(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
     return np.concatenate([blendshape_features(bs), keypoint_distances(lm, sizes)], axis=1)
+
+
+def aligned_keypoints(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
+    """The :data:`EXPRESSION_KEYPOINTS` in the face's own frame (:func:`graph_node_features_aligned`),
+    (N, 86 * 3): where the brows, lids, lips and jaw are, with the head's pose mostly taken out."""
+    aligned = graph_node_features_aligned(landmarks, image_sizes)
+    return aligned[:, _KEYPOINT_INDEX].reshape(len(aligned), -1)
+
+
+@register_feature_set("blendshapes_aligned_keypoints", "the 52 blendshapes then the 86 key points' aligned coordinates (310): the hybrid's mesh branch")
+def _fs_blendshapes_aligned_keypoints(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    return np.concatenate([blendshape_features(bs), aligned_keypoints(lm, sizes)], axis=1)

@@ -13,23 +13,22 @@ which attempt found it. Landmarks are always given in the coordinates of the ori
 from __future__ import annotations
 
 import atexit
-import contextlib
 import enum
 import importlib.abc
-import os
 import sys
-import tempfile
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from ._io import captured_stderr
+from .crops import CropSpec
 from .errors import LandmarkerModelError
-from .images import MAX_SIDE, limit_size, read_image
+from .images import MAX_SIDE, limit_size, load_image
 
 __all__ = [
     "NUM_LANDMARKS",
@@ -44,6 +43,9 @@ __all__ = [
 ]
 
 NUM_LANDMARKS = 478
+#: In IMAGE mode MediaPipe is asked for up to this many faces (at least ``num_faces``), so that
+#: the largest face of a group photo is the one returned first.
+IMAGE_FACES_SOUGHT = 4
 
 #: The 52 blendshape categories in MediaPipe's output order.
 BLENDSHAPE_NAMES: tuple[str, ...] = (
@@ -99,9 +101,12 @@ class LandmarkerOptions:
 
     ``model_path`` None means: resolve it with :func:`meshfer.assets.resolve_landmarker`
     (``$MESHFER_LANDMARKER``, the user cache, then a download unless ``download`` is false).
-    ``attempts`` are tried in order in IMAGE mode; pass ``attempts=DEFAULT_ATTEMPTS[:1]`` to turn
+    ``num_faces`` is the number of meshes returned per image, largest face first (in IMAGE mode up to
+    :data:`IMAGE_FACES_SOUGHT` faces are looked for whatever ``num_faces`` is, and each mesh records
+    how many were found). ``attempts`` are tried in order in IMAGE mode; pass ``attempts=DEFAULT_ATTEMPTS[:1]`` to turn
     the fallback off. ``fallback_confidence`` is the detection/presence threshold of the
-    permissive attempts. ``quiet`` hides MediaPipe's start-up log lines on stderr.
+    permissive attempts. ``quiet`` hides MediaPipe's start-up log lines on stderr. ``crop``: also
+    cut each face's mesh-aligned grey crop (:mod:`meshfer.crops`) into :attr:`FaceMesh.crop`.
     """
 
     model_path: str | Path | None = None
@@ -115,6 +120,7 @@ class LandmarkerOptions:
     max_side: int = MAX_SIDE
     download: bool = True
     quiet: bool = True
+    crop: CropSpec | None = None
 
     def __post_init__(self) -> None:
         if self.num_faces < 1:
@@ -133,7 +139,9 @@ class FaceMesh:
     (x / width, y / height, z on roughly the scale of x). ``blendshapes``: (52,) float32 in
     :data:`BLENDSHAPE_NAMES` order. ``transform``: (4, 4) float32 facial transformation matrix.
     ``image_size``: (width, height) in pixels. ``attempt``: name of the :class:`Attempt` that
-    found the face.
+    found the face. ``crop``: the (S, S) uint8 mesh-aligned grey face crop when the landmarker was
+    asked for one (:attr:`LandmarkerOptions.crop`), else None. ``faces_found``: how many faces
+    MediaPipe found in the image (the meshes come largest first).
     """
 
     landmarks: np.ndarray
@@ -141,6 +149,8 @@ class FaceMesh:
     transform: np.ndarray
     image_size: tuple[int, int]
     attempt: str = "original"
+    crop: np.ndarray | None = None
+    faces_found: int = 1
 
     def blendshape(self, name: str) -> float:
         """Score of one blendshape by name (KeyError lists nothing: see BLENDSHAPE_NAMES)."""
@@ -220,29 +230,28 @@ def import_mediapipe() -> tuple[Any, Any]:
     return mp, vision
 
 
-@contextlib.contextmanager
-def _captured_stderr(enabled: bool) -> Iterator[list[str]]:
-    """Send file descriptor 2 to a temporary file for the duration; yields a list that receives
-    the captured text afterwards. Used around MediaPipe's noisy graph start-up only."""
-    captured: list[str] = []
-    if not enabled:
-        yield captured
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield captured
-        return
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            captured.append(tmp.read().decode("utf-8", "replace"))
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def _log_error_line(log: list[str]) -> str:
+    """The most telling line of MediaPipe's captured log: the last error line (E... or one that
+    says failed/error), never an informational one."""
+    lines = [line.strip() for line in "".join(log).splitlines() if line.strip()]
+    errors = [
+        line for line in lines
+        if line[:1] in ("E", "F") and line[1:5].isdigit() or "failed" in line.lower() or "error" in line.lower()
+    ]
+    return errors[-1][:300] if errors else ""
+
+
+def _face_area(mesh: "FaceMesh") -> float:
+    """Area in pixels of the bounding box of a face's landmarks (to find the largest face)."""
+    w, h = mesh.image_size
+    xy = mesh.landmarks[:, :2]
+    span = np.nanmax(xy, axis=0) - np.nanmin(xy, axis=0)
+    return float(span[0] * w * span[1] * h)
 
 
 def _close_before_shutdown(landmarker: "FaceLandmarker") -> None:
@@ -286,6 +295,8 @@ class FaceLandmarker:
         self._closed = False
         #: Seconds spent inside MediaPipe's detect calls so far (for benchmarks).
         self.inference_seconds = 0.0
+        #: Seconds spent cutting face crops (``options.crop``) so far.
+        self.crop_seconds = 0.0
         self._strict = self._create(
             self.options.min_face_detection_confidence, self.options.min_face_presence_confidence
         )
@@ -302,7 +313,7 @@ class FaceLandmarker:
         """Factory taking the model path (and any other :class:`LandmarkerOptions` fields)."""
         return cls(LandmarkerOptions(model_path=model_path, **kwargs))
 
-    def _create(self, detection: float, presence: float) -> Any:
+    def _create(self, detection: float, presence: float, permissive: bool = False) -> Any:
         vision = self._vision
         mode = (
             vision.RunningMode.VIDEO if self.options.running_mode is RunningMode.VIDEO else vision.RunningMode.IMAGE
@@ -310,52 +321,105 @@ class FaceLandmarker:
         mp_options = vision.FaceLandmarkerOptions(
             base_options=self._mp.tasks.BaseOptions(model_asset_path=str(self.model_path)),
             running_mode=mode,
-            num_faces=self.options.num_faces,
+            num_faces=self._faces_sought if not permissive else self.options.num_faces,
             min_face_detection_confidence=detection,
             min_face_presence_confidence=presence,
             min_tracking_confidence=self.options.min_tracking_confidence,
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=True,
         )
-        with _captured_stderr(self.options.quiet) as log:
+        with captured_stderr(self.options.quiet) as log:
             try:
                 return vision.FaceLandmarker.create_from_options(mp_options)
             except Exception as exc:  # MediaPipe raises RuntimeError/ValueError with long graph dumps
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = _first_line(exc)
                 error = LandmarkerModelError(f"{self.model_path}: MediaPipe cannot load this model ({first})")
-        detail = "".join(log).strip().splitlines()
-        raise LandmarkerModelError(f"{error}{' - ' + detail[-1] if detail else ''}")
+        detail = _log_error_line(log)
+        raise LandmarkerModelError(f"{error}{' - ' + detail if detail else ''}")
+
+    @property
+    def _faces_sought(self) -> int:
+        """Faces asked of the strict landmarker: several in IMAGE mode, to find the largest (the
+        permissive fallback, whose low threshold also finds false faces, is asked for
+        ``num_faces`` only)."""
+        if self.options.running_mode is RunningMode.IMAGE:
+            return max(self.options.num_faces, IMAGE_FACES_SOUGHT)
+        return self.options.num_faces
+
+    def _run(self, landmarker: Any, mp_image: Any, timestamp_ms: int | None = None) -> Any:
+        """One MediaPipe call, its log kept off stderr (``quiet``) and its failure made one line."""
+        t = time.perf_counter()
+        with captured_stderr(self.options.quiet) as log:
+            try:
+                if timestamp_ms is None:
+                    return landmarker.detect(mp_image)
+                return landmarker.detect_for_video(mp_image, timestamp_ms)
+            except (RuntimeError, ValueError) as exc:
+                error = LandmarkerModelError(
+                    f"{self.model_path}: MediaPipe's face landmarker failed ({_first_line(exc)})"
+                )
+            finally:
+                self.inference_seconds += time.perf_counter() - t
+        detail = _log_error_line(log)
+        raise LandmarkerModelError(f"{error}{' - ' + detail if detail else ''}")
 
     # ---------------------------------------------------------------------------------------------
 
-    def detect(self, image: np.ndarray | str | Path) -> list[FaceMesh]:
-        """Faces in one image (IMAGE mode): a list of up to ``num_faces`` meshes, empty if none.
+    def detect(self, image: np.ndarray | str | Path, *, image_size: tuple[int, int] | None = None) -> list[FaceMesh]:
+        """Faces in one image (IMAGE mode): a list of up to ``num_faces`` meshes, largest face
+        first, empty if none.
 
         ``image`` is an (H, W, 3) uint8 RGB array or a path (read with
-        :func:`meshfer.images.read_image`). The attempts of ``options.attempts`` are made in order
-        until one finds a face.
+        :func:`meshfer.images.load_image`, at reduced size where the format allows). Pass
+        ``image_size`` (width, height) when the array is a shrunk copy of a larger image, so that
+        the meshes record the original size. The attempts of ``options.attempts`` are made in
+        order until one finds a face.
         """
         self._check_open()
         if self.options.running_mode is not RunningMode.IMAGE:
             raise RuntimeError("detect() needs running_mode=IMAGE; use detect_for_video() in VIDEO mode")
-        rgb, size = self._prepare(image)
+        rgb, size = self._prepare(image, image_size)
+        name = image if isinstance(image, (str, Path)) else "<array>"
+        try:
+            return self._detect_attempts(rgb, size)
+        except MemoryError:  # this image's problem (a tight memory limit), not the run's
+            from .errors import ImageReadError
+
+            raise ImageReadError(name, "not enough memory to look for the face") from None
+        except Exception as exc:
+            if not type(exc).__module__.startswith("cv2"):  # OpenCV failing to pad it (memory)
+                raise
+            from .errors import ImageReadError
+
+            raise ImageReadError(name, f"cannot look for the face ({_first_line(exc)})") from None
+
+    def _detect_attempts(self, rgb: np.ndarray, size: tuple[int, int]) -> list[FaceMesh]:
         h, w = rgb.shape[:2]
         for attempt in self.options.attempts:
             landmarker = self._permissive_landmarker() if attempt.permissive else self._strict
+            inner = (w, h)
             if attempt.pad > 0:
                 import cv2
 
-                p = max(1, int(round(max(h, w) * attempt.pad)))
+                # The padded canvas is kept within max_side (the image shrunk to fit): a border
+                # round a big image would cost hundreds of MB and tell the detector nothing more.
+                scale = min(1.0, self.options.max_side / (max(h, w) * (1.0 + 2.0 * attempt.pad)))
+                src = rgb
+                if scale < 1.0:
+                    inner = (max(1, round(w * scale)), max(1, round(h * scale)))
+                    src = cv2.resize(rgb, inner, interpolation=cv2.INTER_AREA)
+                p = max(1, int(round(max(inner) * attempt.pad)))
                 fill = (attempt.fill,) * 3
-                padded = cv2.copyMakeBorder(rgb, p, p, p, p, cv2.BORDER_CONSTANT, value=fill)
+                padded = cv2.copyMakeBorder(src, p, p, p, p, cv2.BORDER_CONSTANT, value=fill)
+                del src
             else:
                 p, padded = 0, rgb
             mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=padded)
-            t = time.perf_counter()
-            result = landmarker.detect(mp_image)
-            self.inference_seconds += time.perf_counter() - t
+            del padded
+            result = self._run(landmarker, mp_image)
+            del mp_image
             if result.face_landmarks:
-                return self._convert(result, size, attempt.name, pad=p, inner=(w, h))
+                return self._with_crops(self._convert(result, size, attempt.name, pad=p, inner=inner), rgb)
         return []
 
     def detect_for_video(self, frame: np.ndarray, timestamp_ms: int) -> list[FaceMesh]:
@@ -372,17 +436,17 @@ class FaceLandmarker:
         rgb, size = self._prepare(frame)
         h, w = rgb.shape[:2]
         mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=rgb)
-        t = time.perf_counter()
-        result = self._strict.detect_for_video(mp_image, timestamp_ms)
-        self.inference_seconds += time.perf_counter() - t
-        return self._convert(result, size, "video", pad=0, inner=(w, h))
+        result = self._run(self._strict, mp_image, timestamp_ms)
+        return self._with_crops(self._convert(result, size, "video", pad=0, inner=(w, h)), rgb)
 
     # ---------------------------------------------------------------------------------------------
 
-    def _prepare(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, tuple[int, int]]:
+    def _prepare(
+        self, image: np.ndarray | str | Path, image_size: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, tuple[int, int]]:
         """RGB uint8, contiguous, at most ``max_side``; plus the (width, height) before shrinking."""
         if isinstance(image, (str, Path)):
-            image = read_image(image)
+            image, image_size = load_image(image, max_side=self.options.max_side)
         image = np.asarray(image)
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -399,17 +463,30 @@ class FaceLandmarker:
                 image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
             else:
                 raise ValueError(f"unsupported image dtype {image.dtype}")
-        size = (int(image.shape[1]), int(image.shape[0]))
+        size = (int(image.shape[1]), int(image.shape[0])) if image_size is None else (int(image_size[0]), int(image_size[1]))
         return np.ascontiguousarray(limit_size(image, self.options.max_side)), size
+
+    def _with_crops(self, faces: list[FaceMesh], rgb: np.ndarray) -> list[FaceMesh]:
+        spec = self.options.crop
+        if spec is None or not faces:
+            return faces
+        from dataclasses import replace
+
+        from .crops import align_crop
+
+        t = time.perf_counter()
+        out = [replace(f, crop=align_crop(rgb, f.landmarks, spec)) for f in faces]
+        self.crop_seconds += time.perf_counter() - t
+        return out
 
     def _permissive_landmarker(self) -> Any:
         if self._permissive is None:
             c = self.options.fallback_confidence
-            self._permissive = self._create(c, c)
+            self._permissive = self._create(c, c, permissive=True)
         return self._permissive
 
-    @staticmethod
-    def _convert(result: Any, size: tuple[int, int], attempt: str, *, pad: int, inner: tuple[int, int]) -> list[FaceMesh]:
+    def _convert(self, result: Any, size: tuple[int, int], attempt: str, *, pad: int, inner: tuple[int, int]) -> list[FaceMesh]:
+        """MediaPipe's result as meshes, largest face first, at most ``num_faces`` of them."""
         faces: list[FaceMesh] = []
         w, h = inner
         for i, points in enumerate(result.face_landmarks):
@@ -431,7 +508,13 @@ class FaceLandmarker:
             else:
                 matrix = np.full((4, 4), np.nan, dtype=np.float32)
             faces.append(FaceMesh(lm, scores, matrix, (int(size[0]), int(size[1])), attempt))
-        return faces
+        if len(faces) > 1:
+            from dataclasses import replace
+
+            areas = [_face_area(f) for f in faces]
+            order = sorted(range(len(faces)), key=lambda k: -areas[k])
+            faces = [replace(faces[k], faces_found=len(faces)) for k in order]
+        return faces[: self.options.num_faces]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -444,7 +527,10 @@ class FaceLandmarker:
         self._closed = True
         for graph in (self._strict, self._permissive):
             if graph is not None:
-                graph.close()
+                try:
+                    graph.close()
+                except Exception:  # a graph that failed may fail to close too: it is gone either way
+                    pass
         self._permissive = None
 
     def __enter__(self) -> "FaceLandmarker":

@@ -10,7 +10,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["plot_face", "plot_confusion", "plot_per_class", "plot_explained_variance", "plot_components"]
+__all__ = [
+    "plot_face", "plot_confusion", "plot_per_class", "plot_explained_variance", "plot_components", "crop_grid",
+    "plot_crops_by_class", "plot_training_history",
+]
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> Any:
@@ -123,3 +126,67 @@ def plot_components(
         ax.set_yticks([])
         ax.set_title(titles[i] if titles else f"component {i + 1}", fontsize=9)
     return axes
+
+
+def crop_grid(crops: np.ndarray, columns: int, gap: int = 2, fill: int = 255) -> np.ndarray:
+    """(N, S, S) uint8 crops tiled into one grey image, ``columns`` per row (empty cells ``fill``)."""
+    crops = np.asarray(crops)
+    n = len(crops)
+    s = crops.shape[1] if n else 1
+    rows = max(1, -(-n // columns))
+    out = np.full((rows * (s + gap) - gap, columns * (s + gap) - gap), fill, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        out[r * (s + gap) : r * (s + gap) + s, c * (s + gap) : c * (s + gap) + s] = crops[i]
+    return out
+
+
+def plot_crops_by_class(
+    tables: Mapping[str, Any], labels: Sequence[str], per_class: int = 6, seed: int = 0, axes: Any = None
+) -> Any:
+    """One row per label, one column per data set (``{name: MeshTable}`` with crops): a random
+    sample of ``per_class`` face crops of that label side by side, and the mean crop of all of
+    them first. Returns the axes array."""
+    import matplotlib.pyplot as plt
+
+    names = list(tables)
+    if axes is None:
+        _, axes = plt.subplots(len(labels), len(names), figsize=(1.1 * (per_class + 1) * len(names), 1.2 * len(labels)),
+                               squeeze=False)
+    rng = np.random.default_rng(seed)
+    for j, name in enumerate(names):
+        table = tables[name]
+        for i, label in enumerate(labels):
+            ax = axes[i, j]
+            rows = np.flatnonzero((np.asarray(table.labels) == label) & table.found)
+            if len(rows):
+                pick = rng.choice(rows, size=min(per_class, len(rows)), replace=False)
+                mean = table.crops[rows].astype(np.float32).mean(axis=0)
+                mean = ((mean - mean.min()) / max(float(np.ptp(mean)), 1e-6) * 255).astype(np.uint8)
+                ax.imshow(crop_grid(np.concatenate([mean[None], table.crops[pick]]), per_class + 1), cmap="gray",
+                          vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+            if i == 0:
+                ax.set_title(f"{name} (mean, then {per_class} crops)", fontsize=9)
+    return axes
+
+
+def plot_training_history(history: Sequence[Mapping[str, float]], ax: Any = None, title: str | None = None) -> Any:
+    """Training loss and held-out macro-F1 / accuracy per epoch (the ``history`` of a hybrid fit)."""
+    ax = _axes(ax, (6, 3))
+    epochs = [row["epoch"] for row in history]
+    for key in ("held_out_macro_f1", "held_out_accuracy", "held_out_fer2013_accuracy", "held_out_photos_accuracy"):
+        if history and key in history[0]:
+            ax.plot(epochs, [row[key] for row in history], label=key.replace("held_out_", "held-out ").replace("_", " "))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out score")
+    twin = ax.twinx()
+    twin.plot(epochs, [row["loss"] for row in history], color="grey", linestyle=":", label="training loss")
+    twin.set_ylabel("training loss")
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax

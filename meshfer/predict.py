@@ -106,16 +106,35 @@ class Predictor:
             card = default_card(task) if choice == DEFAULT else get_card(choice, task)
             if card is not None:
                 self.models[task] = load_model(card)
-        self.landmarker_options = landmarker or LandmarkerOptions()
+        options = landmarker or LandmarkerOptions()
+        spec = self.crop_spec
+        if spec is not None and options.crop != spec:
+            from dataclasses import replace
+
+            options = replace(options, crop=spec)  # the landmarker cuts the crops these models read
+        self.landmarker_options = options
         self._landmarker: FaceLandmarker | None = None
+
+    @property
+    def crop_spec(self) -> Any:
+        """The :class:`~meshfer.crops.CropSpec` the loaded models read (None when none reads crops)."""
+        specs = {m.crop_spec for m in self.models.values() if getattr(m, "needs_crops", False)}
+        if len(specs) > 1:
+            raise ValueError("the chosen models read face crops made in different ways; choose models of one kind")
+        return next(iter(specs), None)
 
     # -- meshes -> predictions ----------------------------------------------------------------
 
     def predict_arrays(
-        self, landmarks: np.ndarray, blendshapes: np.ndarray, image_sizes: np.ndarray | None = None
+        self,
+        landmarks: np.ndarray,
+        blendshapes: np.ndarray,
+        image_sizes: np.ndarray | None = None,
+        crops: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """The raw outputs of each task's model for N faces given as (N, 478, 3) landmarks,
-        (N, 52) blendshapes and (N, 2) image sizes: ``expression`` and ``mouth`` (N, C)
+        (N, 52) blendshapes, (N, 2) image sizes and, for models that read them (the ``hybrid``),
+        (N, S, S) uint8 face crops (:mod:`meshfer.crops`): ``expression`` and ``mouth`` (N, C)
         probabilities in the card's label order, ``eye`` (N, 2, C) for the [left, right] eye,
         ``gaze`` (N, 2) clipped to the model's output range. What video runs on every frame."""
         landmarks = np.asarray(landmarks, dtype=np.float32).reshape(-1, 478, 3)
@@ -135,6 +154,8 @@ class Predictor:
                 out[task] = values if bounds is None else np.clip(values, bounds[0], bounds[1])
             elif task == "eye":
                 out[task] = model.predict_proba(x).reshape(n, len(EYE_SIDES), -1)
+            elif getattr(model, "needs_crops", False):
+                out[task] = model.predict_proba(x, crops)
             else:
                 out[task] = model.predict_proba(x)
         return out
@@ -162,17 +183,23 @@ class Predictor:
         ]
 
     def predict_batch(
-        self, landmarks: np.ndarray, blendshapes: np.ndarray, image_sizes: np.ndarray | None = None
+        self,
+        landmarks: np.ndarray,
+        blendshapes: np.ndarray,
+        image_sizes: np.ndarray | None = None,
+        crops: np.ndarray | None = None,
     ) -> list[FacePrediction]:
-        """Predictions for N faces given as (N, 478, 3) landmarks, (N, 52) blendshapes, (N, 2) sizes."""
+        """Predictions for N faces given as (N, 478, 3) landmarks, (N, 52) blendshapes, (N, 2) sizes
+        and (N, S, S) crops (needed by models that read them)."""
         n = len(np.asarray(landmarks).reshape(-1, 478, 3))
         if n and not self.models:
             return [FacePrediction() for _ in range(n)]
-        return self.to_predictions(self.predict_arrays(landmarks, blendshapes, image_sizes))
+        return self.to_predictions(self.predict_arrays(landmarks, blendshapes, image_sizes, crops))
 
     def predict_mesh(self, mesh: FaceMesh) -> FacePrediction:
-        """Predictions for one face mesh."""
-        return self.predict_batch(mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size]))[0]
+        """Predictions for one face mesh (with its ``crop`` when a model reads crops)."""
+        crops = None if mesh.crop is None else mesh.crop[None]
+        return self.predict_batch(mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size]), crops)[0]
 
     # -- images -> predictions ----------------------------------------------------------------
 

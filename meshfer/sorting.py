@@ -31,7 +31,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import MeshferError
+from ._io import FATAL_WRITE_ERRNOS, check_writable, os_reason
+from .errors import MeshferError, OutputError
 from .landmarks import BLENDSHAPE_NAMES
 from .meshtable import STATUS_OK, MeshTable
 
@@ -276,9 +277,16 @@ def sort_table(
     """
     prefix, labels = _check_kind(kind)
     dest = Path(dest).expanduser().absolute()
+    _check_dest(dest, kind)
     for folder in [f"{prefix}{label}" for label in labels] + [UNSURE]:
-        (dest / folder).mkdir(parents=True, exist_ok=True)
+        try:
+            (dest / folder).mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise OutputError(f"{dest / folder}: exists and is not a folder") from None
+        except OSError as exc:
+            raise OutputError(f"{dest / folder}: cannot create the folder ({os_reason(exc)})") from None
     proposed, scores = propose_labels(kind, table, rules)
+    fatal: OSError | None = None
     rules_used = rules or (EyeRules() if kind == "eyes" else MouthRules())
 
     records: list[dict[str, Any]] = []
@@ -298,6 +306,9 @@ def sort_table(
         if table.status[i] != STATUS_OK:
             reason = str(table.errors[i]) or str(table.status[i])
             rec.update(decision="", destination="", action="skipped", reason=reason)
+        elif fatal is not None:  # the destination cannot take more: the rest is not copied
+            rec.update(decision=str(proposed[i]), destination="", action="skipped",
+                       reason=f"not copied ({os_reason(fatal)})")
         else:
             decision = str(proposed[i])
             folder = dest / (UNSURE if decision == UNSURE else f"{prefix}{decision}")
@@ -307,26 +318,60 @@ def sort_table(
                 copied_rows.append(i)
                 copied_paths.append(target)
             except OSError as exc:
-                reason = f"cannot copy ({exc.strerror or exc})"
-                rec.update(status="unreadable", decision="", destination="", action="skipped", reason=reason)
-                if on_problem is not None:
-                    on_problem(f"{src}: {reason} (not sorted)")
+                if exc.errno in FATAL_WRITE_ERRNOS:
+                    fatal = exc
+                    rec.update(decision=decision, destination="", action="skipped", reason=f"not copied ({os_reason(exc)})")
+                else:
+                    reason = f"cannot copy ({exc.strerror or exc})"
+                    rec.update(status="unreadable", decision="", destination="", action="skipped", reason=reason)
+                    if on_problem is not None:
+                        on_problem(f"{src}: {reason} (not sorted)")
         rec.update({k: (round(float(v[i]), 4) if np.isfinite(v[i]) else "") for k, v in scores.items()})
         records.append(rec)
 
     csv_path = _free_name(dest / f"sort-{kind}.csv")
     columns = ["source", "status", "decision", "destination", "action", "reason", *scores]
-    with csv_path.open("x", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(records)
+    csv_error: OSError | None = None
+    try:
+        f = csv_path.open("x", newline="", encoding="utf-8", errors="surrogateescape")  # names as on disk
+    except OSError as exc:
+        f, csv_error = None, exc
+    if f is not None:
+        try:
+            with f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(records)
+        except OSError as exc:
+            csv_error = exc
+            csv_path.unlink(missing_ok=True)  # ours, cut short
+    copied = sum(1 for r in records if r["action"] == "copied")
+    if fatal is not None or csv_error is not None:
+        error = fatal or csv_error
+        assert error is not None
+        csv_note = "" if csv_error is None else f", and the table {csv_path.name} could not be written"
+        raise OutputError(
+            f"{dest}: cannot write ({os_reason(error)}) after copying {copied} of {len(records)} images; the copies made "
+            f"are complete{csv_note}; free some space and run the same command again to finish (copies already there are kept)"
+        )
     if cache_dir is not None and copied_rows:
-        _seed_cache(table, copied_rows, copied_paths, dest, prefix, labels, Path(cache_dir))
+        try:
+            _seed_cache(table, copied_rows, copied_paths, dest, prefix, labels, Path(cache_dir))
+        except (OSError, MeshferError) as exc:
+            if on_problem is not None:
+                on_problem(f"{cache_dir}: the meshes of the copies were not added to the cache ({os_reason(exc)})")
     counts = {label: 0 for label in (*labels, UNSURE)}
     for rec in records:
         key = rec["decision"] or "skipped"
         counts[key] = counts.get(key, 0) + 1
     return SortResult(kind, dest, csv_path, records, counts, asdict(rules_used))
+
+
+def _check_dest(dest: Path, kind: str) -> None:
+    """A destination that is a folder (or can be made one) and takes files; else OutputError."""
+    if dest.exists() and not dest.is_dir():
+        raise OutputError(f"{dest}: exists and is not a folder (the destination must be a folder)")
+    check_writable(dest / f"sort-{kind}.csv", what="destination")
 
 
 def _seed_cache(
@@ -397,8 +442,13 @@ def sort_images(
     if not source.is_dir():
         raise MeshferError(f"{source}: no such folder")
     src_abs = source.absolute()
-    if dest_abs == src_abs or src_abs in dest_abs.parents:
+    # A data root of face_<label> folders is read through those folders only: a destination beside them
+    # (the repository's 'Eye Closeness' when the data set lies at its root) is not read back.
+    face_root = any(c.is_dir() and c.name.startswith(EXPRESSION_PREFIX) for c in source.iterdir())
+    if dest_abs == src_abs or (src_abs in dest_abs.parents and not (
+            face_root and not dest_abs.relative_to(src_abs).parts[0].startswith(EXPRESSION_PREFIX))):
         raise MeshferError(f"{dest}: the destination must not be inside the source folder {source}")
+    _check_dest(dest_abs, kind)
     if any(c.is_dir() and c.name.startswith(EXPRESSION_PREFIX) for c in source.iterdir()):
         table = extract_folder(
             source, cache_dir, per_class=per_class, seed=seed, workers=workers, options=options, progress=progress
@@ -408,7 +458,7 @@ def sort_images(
         if not dataset.records:
             raise MeshferError(f"{source}: holds no images")
         output = cache_file(source, cache_dir) if cache_dir is not None else None
-        table = extract(dataset, output, workers=workers, options=options, progress=progress)
+        table = extract(dataset, output, workers=workers, options=options, progress=progress, other_rows="keep")
     if on_problem is not None:
         for problem in table.meta.get("skipped", []):
             on_problem(f"{problem['file']}: {problem['reason']} (not sorted)")

@@ -112,6 +112,18 @@ class TemporalConfig:
         for name in ("min_closed_frames", "min_open_frames", "min_mouth_frames", "min_speech_changes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        _check_seconds("max_blink_s", self.max_blink_s, optional=True)
+        _check_seconds("max_speech_gap_s", self.max_speech_gap_s)
+
+
+def _check_seconds(name: str, value: float | None, optional: bool = False) -> None:
+    """A duration must be a positive, finite number of seconds (None allowed when ``optional``)."""
+    import math
+
+    if value is None and optional:
+        return
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,6 +198,7 @@ class BlinkCounter:
     def __init__(self, min_closed_frames: int = 1, min_open_frames: int = 2, max_blink_s: float | None = None) -> None:
         if min_closed_frames < 1 or min_open_frames < 1:
             raise ValueError("min_closed_frames and min_open_frames must be at least 1")
+        _check_seconds("max_blink_s", max_blink_s, optional=True)
         self.min_closed_frames = min_closed_frames
         self.min_open_frames = min_open_frames
         self.max_blink_s = max_blink_s

@@ -192,7 +192,8 @@ class VideoAnalyzer:
         self.predictor = predictor if predictor is not None else Predictor()
         self.config = config or TemporalConfig()
         options = options or LandmarkerOptions()
-        self.landmarker = FaceLandmarker(dataclasses.replace(options, running_mode=RunningMode.VIDEO))
+        crop = self.predictor.crop_spec or options.crop
+        self.landmarker = FaceLandmarker(dataclasses.replace(options, running_mode=RunningMode.VIDEO, crop=crop))
         models = self.predictor.models
         self.expression_labels: list[str] = list(models["expression"].card.labels) if "expression" in models else []
         self.tasks = set(models)
@@ -226,7 +227,8 @@ class VideoAnalyzer:
             return FrameResult(record, None, None, t1 - t0, time.perf_counter() - t1)
         mesh = faces[0]
         outputs = self.predictor.predict_arrays(
-            mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size], dtype=np.float32)
+            mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size], dtype=np.float32),
+            None if mesh.crop is None else mesh.crop[None],
         )
         record = self._record(index, float(timestamp_s), outputs)
         self.timeline.append(record)

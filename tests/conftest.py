@@ -16,6 +16,7 @@ LANDMARKER = Path(os.environ.get("MESHFER_LANDMARKER", SHARED / "models" / "face
 FER_TRAIN = SHARED / "datasets" / "fer2013" / "train"
 FER_VAL = SHARED / "datasets" / "fer2013" / "validation"
 PHOTOS = SHARED / "datasets" / "muxspace-dev"
+PHOTOS_TRAIN = SHARED / "datasets" / "muxspace-train"  # photos to train on (the hybrid model)
 LABELS = ["angry", "disgusted", "fear", "happy", "neutral", "sad", "surprised"]
 
 # Set before any test imports meshfer: the model file, no user-cache writes, no downloads.

@@ -88,13 +88,16 @@ def test_no_overwrite_and_no_augmenting_augmented(tmp_path: Path) -> None:
     stats = augment_folder(folder, None, seed=0, progress=False, log=messages.append)
     assert existing.read_bytes() == before  # never overwritten
     assert stats.n_sources == 3  # the augmented file is not a source
-    assert len(stats.written) == 3
-    assert (folder / f"augmented2_{first.name}") in stats.written  # the next free name
+    assert len(stats.written) == 2 and stats.already_there == [existing]  # the copy already there counts
     assert not any(p.name.startswith(("augmented_augmented", "augmented2_augmented")) for p in folder.iterdir())
-    # A second run adds new copies under new names and still never touches the old ones.
+    # A second run writes nothing: the folder already holds the copies asked for.
     snapshot = {p.name: p.read_bytes() for p in folder.iterdir()}
     again = augment_folder(folder, None, seed=0, progress=False, log=messages.append)
-    assert len(again.written) == 3 and not set(p.name for p in again.written) & set(snapshot)
+    assert again.written == [] and len(again.already_there) == 3
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == snapshot
+    # Asking for more copies adds second copies under new names and still never touches the old ones.
+    more = augment_folder(folder, 5, seed=0, progress=False, log=messages.append)
+    assert len(more.written) == 2 and all(p.name.startswith("augmented2_") for p in more.written)
     assert all((folder / name).read_bytes() == data for name, data in snapshot.items())
     assert messages == []
 

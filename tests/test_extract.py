@@ -156,3 +156,49 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "d" / "face_x" / "a.png"), np.zeros((10, 10, 3), np.uint8))
     proc = _cli("extract", str(tmp_path / "d"), "-o", str(tmp_path / "x.npz"), "--landmarker", str(bad))
     assert proc.returncode == 2 and "bad.task" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_big_table_is_saved_sharded_and_loads_back(small_dataset: Path, tmp_path: Path) -> None:
+    from meshfer.meshtable import FORMAT_SHARDED
+
+    table = extract(small_dataset, None, workers=1, progress=False)
+    out = tmp_path / "m.npz"
+    table.save(out, shard_bytes=table.nbytes // 4)
+    folders = list(tmp_path.glob("m.npz.shards-*"))
+    assert len(folders) == 1 and len(list(folders[0].glob("part-*.npz"))) >= 4
+    with np.load(out, allow_pickle=False) as data:
+        assert str(data["format"]) == FORMAT_SHARDED and "landmarks" not in data.files  # a small manifest
+    back = MeshTable.load(out)
+    assert MeshTable.is_meshtable_file(out) and back.meta == table.meta
+    for name in ("paths", "labels", "status", "errors", "crops", "faces_found", "mtimes_ns"):
+        assert np.array_equal(getattr(back, name), getattr(table, name)), name
+    assert np.allclose(back.landmarks, table.landmarks, equal_nan=True)
+    table.save(out, shard_bytes=table.nbytes // 3)  # saved again: the new parts replace the old ones
+    assert len(list(tmp_path.glob("m.npz.shards-*"))) == 1 and not folders[0].exists()
+    table.save(out)  # small enough for one file: the parts go
+    assert not list(tmp_path.glob("m.npz.shards-*")) and len(MeshTable.load(out)) == 21
+    table.save(out, shard_bytes=table.nbytes // 4)
+    part = next(next(tmp_path.glob("m.npz.shards-*")).glob("part-00001.npz"))
+    part.unlink()
+    with pytest.raises(MeshferError, match="part-00001.npz of this sharded mesh file is missing"):
+        MeshTable.load(out)
+
+
+def test_extract_writes_a_sharded_output_above_the_threshold_and_uses_it_as_cache(
+    small_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meshfer.meshtable as meshtable_module
+
+    monkeypatch.setattr(meshtable_module, "SHARD_BYTES", 50_000)
+    monkeypatch.setattr(meshtable_module, "PART_BYTES", 50_000)
+    out = tmp_path / "m.npz"
+    first = extract(small_dataset, out, workers=1, progress=False)
+    assert len(list(next(tmp_path.glob("m.npz.shards-*")).glob("part-*.npz"))) >= 3
+    stats = ExtractStats()
+    second = extract(small_dataset, out, workers=1, progress=False, stats=stats)
+    assert stats.n_processed == 0 and stats.n_cached == 21 and np.array_equal(first.paths, second.paths)
+    (small_dataset / "face_happy" / "copy.jpg").write_bytes(sorted((small_dataset / "face_happy").iterdir())[0].read_bytes())
+    stats = ExtractStats()
+    third = extract(small_dataset, out, workers=1, progress=False, stats=stats)
+    assert stats.n_processed == 1 and len(MeshTable.load(out)) == len(third) == 22
+    assert len(list(tmp_path.glob("m.npz.shards-*"))) == 1  # the earlier parts were replaced

@@ -50,22 +50,22 @@ def test_onnx_export_roundtrip_plain_and_gzip(tmp_path: Path, compress: bool) ->
     x = rng.normal(size=(300, 6))
     y = (x[:, 0] + x[:, 1] > 0).astype(int) + (x[:, 2] > 1)
     est = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
-    card = save_onnx_model(est, tmp_path, name="tiny", task="mouth", feature_set="mouth", check_features=x,
+    card = save_onnx_model(est, tmp_path, name="tiny", task="mouth", feature_set="eye_state_geometry", check_features=x,
                            labels=["a", "b", "c"], compress=compress, training_data={"n": 300})
     assert card.file == ("tiny.onnx.gz" if compress else "tiny.onnx")
     loaded = load_model(tmp_path / "tiny.json")
     np.testing.assert_allclose(loaded.predict_proba(x), est.predict_proba(x), atol=1e-6)
     assert loaded.predict(x[:3]).tolist() == [["a", "b", "c"][i] for i in est.predict(x[:3])]
     with pytest.raises(ModelError, match="exists"):
-        save_onnx_model(est, tmp_path, name="tiny", task="mouth", feature_set="mouth", check_features=x,
+        save_onnx_model(est, tmp_path, name="tiny", task="mouth", feature_set="eye_state_geometry", check_features=x,
                         labels=["a", "b", "c"], compress=not compress)
-    again = save_onnx_model(est, tmp_path, name="tiny", task="mouth", feature_set="mouth", check_features=x,
+    again = save_onnx_model(est, tmp_path, name="tiny", task="mouth", feature_set="eye_state_geometry", check_features=x,
                             labels=["a", "b", "c"], compress=not compress, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["tiny.json", again.file])
     # An export that fails its check leaves the model it was to replace as it was.
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(ModelError, match="disagrees"):
-        save_onnx_model(est, tmp_path, name="tiny", task="mouth", feature_set="mouth", check_features=x,
+        save_onnx_model(est, tmp_path, name="tiny", task="mouth", feature_set="eye_state_geometry", check_features=x,
                         labels=["a", "b", "c"], compress=compress, overwrite=True, tolerance=-1.0)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     np.testing.assert_allclose(load_model(tmp_path / "tiny.json").predict_proba(x), est.predict_proba(x), atol=1e-6)
@@ -90,7 +90,7 @@ def test_mlp_vote_is_exported_as_a_folded_graph(tmp_path: Path, hidden: tuple[in
     from meshfer.models.fold import folded_onnx_bytes
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 40))
+    x = rng.normal(size=(400, 52))
     y = (x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > 0.5)
     est = fit_pipeline(build_pipeline("mlp_ensemble", n_components=8, hidden=hidden, n_members=3, max_iter=30), x, y)
     card = save_onnx_model(est, tmp_path, name="vote", task="expression", feature_set="blendshapes", check_features=x,

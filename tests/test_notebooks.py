@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FER_TRAIN, FER_VAL, LANDMARKER, PHOTOS, REPO
+from conftest import FER_TRAIN, FER_VAL, LANDMARKER, PHOTOS, PHOTOS_TRAIN, REPO
 
 NOTEBOOKS = sorted(
     p for p in REPO.rglob("*.ipynb")
@@ -30,6 +30,7 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "MESHFER_TRAIN_DIR": str(FER_TRAIN),
         "MESHFER_VAL_DIR": str(FER_VAL),
         "MESHFER_PHOTOS_DIR": str(PHOTOS),
+        "MESHFER_PHOTOS_TRAIN_DIR": str(PHOTOS_TRAIN),
         "MESHFER_SAMPLE": os.environ.get("MESHFER_NOTEBOOK_SAMPLE", "4"),
         "MESHFER_OUTPUT_DIR": str(tmp_path / "output"),
         "MESHFER_MESH_CACHE": str(tmp_path / "meshes"),

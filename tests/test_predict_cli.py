@@ -71,7 +71,7 @@ def test_predict_json(images: dict[str, Path]) -> None:
     _check_face_line(lines[1], LABELS)
     assert lines[2] == {"image": str(images["blank"]), "face": False, "reason": "no face found"}
     assert lines[3]["face"] is False and lines[3]["reason"].startswith("unreadable image")
-    assert set(lines[0]) == {"image", "face", "expression"}
+    assert set(lines[0]) == {"image", "face", "expression", "faces_found"} and lines[0]["faces_found"] == 1
 
 
 @pytest.mark.parametrize("model", ["svm", "blendshapes", "logreg"])

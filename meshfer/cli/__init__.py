@@ -36,18 +36,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``meshfer`` console script; returns the exit status."""
-    from ..errors import MeshferError
+    """Entry point of the ``meshfer`` console script; returns the exit status.
+
+    Every error meshfer foresees ends in one line on stderr (exit status 2); Ctrl-C and SIGTERM
+    stop a command the same way, after it has saved what it did (130, 143); a standard output
+    that cannot be written (a full disk, ``>/dev/full``) is one line too."""
+    from ..errors import MeshferError, Terminated
+    from ._common import StdoutError, guarded_stdout, sigterm_as_interrupt
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    with guarded_stdout() as stdout, sigterm_as_interrupt():
+        try:
+            status = int(args.run(args) or 0)
+            stdout.flush()
+            return status
+        except StdoutError as exc:
+            stdout.silence()
+            _error_line(f"meshfer: error: {exc}")
+            return 2
+        except MeshferError as exc:
+            _error_line(f"meshfer: error: {exc}")
+            return 2
+        except Terminated as exc:
+            _error_line("meshfer: terminated")
+            return 128 + exc.signum
+        except KeyboardInterrupt:
+            _error_line("meshfer: interrupted")
+            return 130
+        except BrokenPipeError:  # e.g. `meshfer predict ... | head`
+            stdout.silence()
+            return 0
+        except MemoryError:
+            _error_line("meshfer: error: out of memory")
+            return 2
+        except OSError as exc:  # a file error no command foresaw: still one line, with the file
+            _error_line(f"meshfer: error: {exc}")
+            return 2
+
+
+def _error_line(text: str) -> None:
     try:
-        return int(args.run(args) or 0)
-    except MeshferError as exc:
-        print(f"meshfer: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("meshfer: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `meshfer predict ... | head`
-        return 0
+        print(text, file=sys.stderr)
+    except (OSError, ValueError):  # stderr itself is gone
+        pass

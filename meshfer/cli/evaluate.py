@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import landmarker_options, positive_int, print_json, warn
+from ._common import add_engine_options, engine_from_args, landmarker_options, positive_int, print_json, warn
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -20,11 +20,23 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of face_<label> sub-folders")
     p.add_argument("--model", default="default", help="expression model name or card path (default: the default)")
     p.add_argument("--meshes", metavar="FILE", help="cache the extracted meshes in this .npz (re-runs are fast)")
-    p.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a --meshes file that holds the meshes of another data set instead of refusing "
+                   "(the meshes of other images of DATA_DIR are kept in it anyway)")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="worker processes, or Ray actors with --engine ray (default: all cores / all CPUs of the cluster)")
+    add_engine_options(p)
     p.add_argument(
         "--exclude-copies-of", metavar="TRAIN_DIR",
         help="leave out the images of DATA_DIR that are byte-identical to an image under TRAIN_DIR (FER-2013's "
         "validation folder holds 280 copies of training images), so no test image was seen in training",
+    )
+    p.add_argument(
+        "--split", choices=["all", "train", "validation"], default="all",
+        help="score only one side of the fixed split of DATA_DIR (a single data root): 'validation' is what "
+        "'meshfer train NAME DATA_DIR' without --val and the notebooks validate on, 'train' what they fit on "
+        "(10%% of each class to validation, byte-identical pictures and augmented copies kept with their source; "
+        "augmented copies of validation images are on neither side); default: all images",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -44,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
         warn("no expression model is installed")
         return 2
     model = load_model(card)
-    dataset = scan_dataset(args.data_dir)
+    if args.split == "all":
+        dataset = scan_dataset(args.data_dir)
+    else:
+        from ..datapaths import fixed_split
+
+        split = fixed_split(args.data_dir)
+        dataset = split.dataset(args.split)
     for problem in dataset.problems:
         warn(f"skipped {problem}")
     unknown = sorted(set(dataset.labels) - set(card.labels))
@@ -58,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
             warn(f"--exclude-copies-of {args.exclude_copies_of}: {reason}")
             return 2
     # Every image is extracted (so a --meshes cache keeps them all); the copies are left out after.
+    if not any(r.label in card.labels for r in dataset.records):
+        warn(f"{args.data_dir}: no images to evaluate (its class folders are empty or hold no label of the model)")
+        return 2
     table = extract(dataset, args.meshes, workers=args.workers, options=landmarker_options(args),
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, other_rows="drop" if args.overwrite else "refuse-foreign",
+                    engine=engine_from_args(args))
     excluded = 0
     if reference is not None:
         copies = copies_of(table.paths, reference)
@@ -70,10 +92,12 @@ def run(args: argparse.Namespace) -> int:
         metrics["copies_excluded"] = excluded
     metrics["model"] = card.name
     metrics["data"] = str(args.data_dir)
+    metrics["split"] = args.split
     if args.json:
         print_json(metrics)
     else:
-        print(f"model {card.name} on {args.data_dir}")
+        side = "" if args.split == "all" else f" (the {args.split} side of its fixed split: {len(dataset)} images)"
+        print(f"model {card.name} on {args.data_dir}{side}")
         if args.exclude_copies_of:
             print(f"left out {excluded} images that are copies of images under {args.exclude_copies_of}")
         print(format_metrics(metrics))

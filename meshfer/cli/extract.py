@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import landmarker_options, positive_int, print_json, warn
+from ._common import add_engine_options, engine_from_args, landmarker_options, positive_int, print_json, warn
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -20,8 +20,18 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of face_<label> sub-folders, or of images")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output .npz file (also the cache)")
-    p.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="worker processes, or Ray actors with --engine ray (default: all cores / all CPUs of the cluster)")
+    add_engine_options(p)
     p.add_argument("--prefix", default="face_", help="class folder prefix (default: face_)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output file that holds the meshes of other images (another data set) "
+                   "instead of refusing")
+    p.add_argument(
+        "--split", choices=["all", "train", "validation"], default="all",
+        help="extract only one side of the fixed split of DATA_DIR (a data root of class folders), the split "
+        "'meshfer train' without --val and the notebooks use (see 'meshfer evaluate --help'); default: all images",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -33,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     root = Path(args.data_dir)
-    if root.is_dir() and not any(c.is_dir() and c.name.startswith(args.prefix) for c in root.iterdir()):
+    if args.split != "all":
+        from ..datapaths import fixed_split
+
+        dataset = fixed_split(root, prefix=args.prefix).dataset(args.split)
+    elif root.is_dir() and not any(c.is_dir() and c.name.startswith(args.prefix) for c in root.iterdir()):
         dataset = scan_paths([root])
     else:
         dataset = scan_dataset(root, args.prefix)
@@ -44,16 +58,19 @@ def run(args: argparse.Namespace) -> int:
         table = extract(
             dataset, args.output, workers=args.workers, options=landmarker_options(args),
             prefix=args.prefix, progress=not args.no_progress, stats=stats,
+            other_rows="drop" if args.overwrite else "refuse", engine=engine_from_args(args),
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         warn(f"interrupted: what was extracted is saved in {args.output}; run the same command again to go on")
-        return 130
+        return 128 + getattr(exc, "signum", 2)
     summary = table.summary()
     summary["skipped"] = [{"file": p.path, "reason": p.reason} for p in dataset.problems]
     summary["output"] = str(args.output)
+    summary["split"] = args.split
     summary["processed"] = stats.n_processed
     summary["cached"] = stats.n_cached
     summary["seconds"] = round(stats.wall_s, 2)
+    summary["engine"] = stats.engine
     if args.json:
         print_json(summary)
     else:

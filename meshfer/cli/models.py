@@ -35,13 +35,13 @@ def run(args: argparse.Namespace) -> int:
     if not cards:
         print("no models installed")
         return 0
-    print(f"{'name':<22} {'task':<11} {'default':<8} {'format':<10} {'features':<22} metrics")
+    print(f"{'name':<22} {'task':<11} {'default':<8} {'format':<12} {'features':<22} metrics")
     for card in cards:
         metrics = ", ".join(
             f"{k} {card.metrics[k]:.3f}" for k in _HEADLINE if isinstance(card.metrics.get(k), (int, float))
         )
         print(
-            f"{card.name:<22} {card.task:<11} {'yes' if card.default else '':<8} {card.format:<10} "
+            f"{card.name:<22} {card.task:<11} {'yes' if card.default else '':<8} {card.format:<12} "
             f"{card.feature_set:<22} {metrics}"
         )
     return 0

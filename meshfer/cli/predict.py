@@ -43,10 +43,16 @@ def run(args: argparse.Namespace) -> int:
         table = TableWriter() if not args.json else None
         for result in predictor.iter_images(dataset.paths):
             if table is None:
-                print_json(result.to_dict())
+                line = result.to_dict()
+                if result.mesh is not None:
+                    line["faces_found"] = int(getattr(result.mesh, "faces_found", 1))
+                print_json(line)
             else:
                 table.write(result)
     return 0 if dataset.records else 1
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 13: "\\r", 9: "\\t"}
 
 
 class TableWriter:
@@ -59,7 +65,8 @@ class TableWriter:
         if not self.header_done:
             print(f"{'image':<40} {'expression':<20} {'left eye':<14} {'right eye':<14} {'gaze x,y':<14} mouth")
             self.header_done = True
-        name = result.image if len(result.image) <= 40 else "..." + result.image[-37:]
+        image = result.image.translate(_CONTROL)  # one line per image, whatever the file name holds
+        name = image if len(image) <= 40 else "..." + image[-37:]
         if not result.face:
             print(f"{name:<40} ({result.reason})", flush=True)
             return
@@ -69,4 +76,6 @@ class TableWriter:
         right = f"{p.eyes['right'].label}" if p.eyes else "-"
         gaze = f"{p.gaze['x']:+.2f},{p.gaze['y']:+.2f}" if p.gaze else "-"
         mouth = p.mouth.label if p.mouth else "-"
-        print(f"{name:<40} {expr:<20} {left:<14} {right:<14} {gaze:<14} {mouth}", flush=True)
+        n = int(getattr(result.mesh, "faces_found", 1)) if result.mesh is not None else 1
+        note = f"   ({n} faces found: the largest)" if n > 1 else ""
+        print(f"{name:<40} {expr:<20} {left:<14} {right:<14} {gaze:<14} {mouth}{note}", flush=True)

@@ -25,7 +25,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("kind", choices=["eyes", "mouth"], help="what to sort by")
     p.add_argument("source", type=Path, metavar="SRC_DIR",
                    help="folder of images (searched recursively), or a data root of face_<label> folders")
-    p.add_argument("dest", type=Path, metavar="DEST_DIR", help="where the label folders are created")
+    p.add_argument("dest", type=Path, metavar="DEST_DIR", nargs="?",
+                   help="where the label folders are created (default, when run inside the meshfer repository: its "
+                   "'Eye Closeness' or 'Mouth Closeness' folder, where the notebooks look for them)")
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="mesh cache folder (shared with 'meshfer extract/train'): re-runs are fast, and the copies' "
                    "meshes are cached too")
@@ -41,6 +43,15 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..sorting import sort_images
 
+    if args.dest is None:
+        from ..datapaths import LABEL_FOLDERS, repo_root
+        from ..errors import MeshferError
+
+        repo = repo_root(package=False)
+        if repo is None:
+            raise MeshferError(f"sort: DEST_DIR is required outside the meshfer repository "
+                               f"(inside it, it defaults to its '{LABEL_FOLDERS[args.kind][0]}' folder)")
+        args.dest = repo / LABEL_FOLDERS[args.kind][0]
     result = sort_images(
         args.kind, args.source, args.dest, cache_dir=args.cache_dir, per_class=args.limit_per_class, seed=args.seed,
         workers=args.workers, options=landmarker_options(args), progress=not args.quiet,

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from ._common import landmarker_options, model_choice, positive_int, print_json, warn
+from ._common import landmarker_options, model_choice, positive_float, positive_int, print_json, warn
 
 
 def _alpha(text: str) -> float:
@@ -64,7 +64,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--max-blink",
-        type=float,
+        type=positive_float,
         metavar="SECONDS",
         help="closures longer than this are long closures, not blinks (default: no limit)",
     )
@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise MeshferError("--plot needs matplotlib (pip install matplotlib)") from None
+    _check_outputs(args)  # before any frame is read: a bad path must not cost the analysis
     window = None
     if args.show:
         from ..overlay import Window
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=source.frame_count, unit="frame", desc=f"Analysing {source.name}", dynamic_ncols=True)
 
     interrupted = False
+    failed: dict[str, str] = {}  # output -> why it could not be (fully) written
     n = 0
     fps_ema = None
     t_start = time.perf_counter()
@@ -156,7 +158,12 @@ def run(args: argparse.Namespace) -> int:
                 result = analyzer.process(frame, timestamp)
                 n += 1
                 if csv_writer is not None:
-                    csv_writer.write(result.record)
+                    try:
+                        csv_writer.write(result.record)
+                    except OSError as exc:
+                        failed["csv"] = f"{args.csv}: cannot write the CSV file ({exc.strerror or exc}) after {n - 1} frames"
+                        _close_quietly(csv_writer)
+                        csv_writer = None
                 if drawing:
                     from ..overlay import draw_overlay
 
@@ -183,7 +190,11 @@ def run(args: argparse.Namespace) -> int:
         source.close()
         analyzer.close()
         if csv_writer is not None:
-            csv_writer.close()
+            try:
+                csv_writer.close()
+            except OSError as exc:
+                failed["csv"] = f"{args.csv}: cannot write the CSV file ({exc.strerror or exc})"
+                _close_quietly(csv_writer)
         if video_writer is not None:
             video_writer.release()
         if window is not None:
@@ -195,20 +206,79 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from ..overlay import plot_timeline
 
-        plot_timeline(analyzer.timeline, summary, args.plot, labels)
+        from pathlib import Path
+
+        from .._io import atomic_write
+
+        try:  # written whole or not at all; the summary below is printed either way
+            figure = plot_timeline(analyzer.timeline, summary, None, labels)
+            with atomic_write(args.plot) as f:
+                figure.savefig(f, dpi=100, format=Path(args.plot).suffix.lstrip(".").lower())
+        except (OSError, ValueError, RuntimeError) as exc:
+            failed["plot"] = f"{args.plot}: cannot write the plot ({getattr(exc, 'strerror', None) or exc})"
     if args.json:
         out = {"source": source.name, **summary.to_dict()}
         for key, value in (("csv", args.csv), ("plot", args.plot), ("output", args.output)):
-            if value:
+            if value and key not in failed:
                 out[key] = value
         print_json(out)
     else:
         print(f"{source.name}")
         print(summary.format())
-        for what, value in (("timeline CSV", args.csv), ("timeline plot", args.plot), ("annotated video", args.output)):
-            if value:
+        for key, what, value in (("csv", "timeline CSV", args.csv), ("plot", "timeline plot", args.plot),
+                                 ("output", "annotated video", args.output)):
+            if value and key not in failed:
                 print(f"{what + ':':<17}{value}")
+    for message in failed.values():
+        warn(f"error: {message}")
     if n == 0:
         warn(f"{source.name}: no frames could be read")
         return 1
-    return 0
+    return 2 if failed else 0
+
+
+def _close_quietly(writer: Any) -> None:
+    try:
+        writer.close()
+    except OSError:
+        try:
+            writer._file.close()  # the CSV file itself, whatever its buffer holds
+        except Exception:
+            pass
+
+
+_PLOT_FORMATS = ("png", "svg", "svgz", "pdf", "ps", "eps", "jpg", "jpeg", "tif", "tiff", "webp", "pgf", "raw", "rgba")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output path is writable (and not the video being read), and the plot's format is one
+    matplotlib writes, before the analysis starts."""
+    from pathlib import Path
+
+    from .._io import check_writable
+    from ..errors import MeshferError, OutputError
+
+    source = Path(args.source)
+    if not args.source.isdigit() and (source.exists() or source.is_symlink()) and not source.is_dir():
+        from ..images import file_problem
+
+        problem = file_problem(source)
+        if problem is not None:  # a FIFO or device would block the video reader
+            raise MeshferError(f"{args.source}: cannot read this video ({problem})")
+    for option, value in (("--csv", args.csv), ("--plot", args.plot), ("--output", args.output)):
+        if not value:
+            continue
+        path = Path(value)
+        try:
+            if source.is_file() and path.exists() and path.resolve() == source.resolve():
+                raise OutputError(f"{value}: {option} names the video being read; choose another file")
+        except OSError:
+            pass
+        if option == "--plot":
+            suffix = path.suffix.lower().lstrip(".")
+            if suffix not in _PLOT_FORMATS:
+                raise OutputError(
+                    f"{value}: --plot needs a file name ending in a format matplotlib writes "
+                    f"(.{', .'.join(_PLOT_FORMATS[:6])}, ...)"
+                )
+        check_writable(path, what=f"{option} file")

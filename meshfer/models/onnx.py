@@ -10,7 +10,73 @@ import numpy as np
 from ..errors import ModelError
 from .card import ModelCard
 
-__all__ = ["OnnxModel"]
+__all__ = ["OnnxModel", "HybridOnnxModel", "check_session"]
+
+
+def _width(shape: list) -> int | None:
+    """The last dimension of an ONNX tensor shape when it is fixed (None when symbolic)."""
+    if not shape or len(shape) < 2:
+        return None
+    last = shape[-1]
+    return last if isinstance(last, int) and last > 0 else None
+
+
+def check_session(card: ModelCard, session: object) -> None:
+    """Check an ONNX Runtime session against its card: the mesh input is ``n_features`` wide, a
+    hybrid's crop input matches ``card.crop``, and the output is as wide as the labels (or
+    targets). Widths the file leaves open are found with one dry run on zeros. Raises ModelError
+    naming the card."""
+    where = card.path or card.name
+    inputs = {i.name: i for i in session.get_inputs()}  # type: ignore[attr-defined]
+    outputs = session.get_outputs()  # type: ignore[attr-defined]
+    if not inputs or not outputs:
+        raise ModelError(f"{where}: the model file has no inputs or no outputs")
+    if card.format == "onnx-hybrid":
+        if "mesh" not in inputs and "crop" not in inputs:
+            raise ModelError(f"{where}: an onnx-hybrid model needs inputs named 'crop' and 'mesh' (has {', '.join(inputs)})")
+        mesh = inputs.get("mesh")
+        crop = inputs.get("crop")
+        if crop is not None:
+            size = int(card.crop.get("size", 48)) if card.crop else None
+            dims = [d for d in crop.shape[1:3] if isinstance(d, int)]
+            if size is not None and dims and any(d != size for d in dims):
+                raise ModelError(f"{where}: the model reads {'x'.join(map(str, crop.shape[1:3]))} crops, the card says {size}")
+        names = [o.name for o in outputs]
+        if "probabilities" not in names:
+            raise ModelError(f"{where}: an onnx-hybrid model needs an output named 'probabilities' (has {', '.join(names)})")
+        out = next(o for o in outputs if o.name == "probabilities")
+    else:
+        mesh = next(iter(inputs.values()))
+        names = [o.name for o in outputs]
+        out = next((o for o in outputs if o.name == "probabilities"), None) if card.is_classifier else None
+        if out is None:
+            out = next((o for o in outputs if len(o.shape or []) == 2), outputs[0])
+    if mesh is not None:
+        width = _width(mesh.shape)
+        if width is not None and width != card.n_features:
+            raise ModelError(
+                f"{where}: the model reads {width} features, the card says n_features {card.n_features} ({card.feature_set})"
+            )
+    expected = len(card.labels) if card.is_classifier else len(card.targets)
+    got = _width(out.shape)
+    if got is None:  # not fixed in the file: ask the model
+        import numpy as np
+
+        feeds = {}
+        for name, i in inputs.items():
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+            if i is mesh:
+                shape = [1, card.n_features]
+            dtype = np.float64 if "double" in i.type else np.float32
+            feeds[name] = np.zeros(shape, dtype)
+        try:
+            value = session.run([out.name], feeds)[0]  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise ModelError(f"{where}: the model fails on a test input ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+        got = int(np.prod(np.shape(value)[1:])) if np.ndim(value) >= 2 else 1
+    if got != expected:
+        what = "labels" if card.is_classifier else "targets"
+        raise ModelError(f"{where}: the model has {got} outputs but the card lists {expected} {what} ({', '.join(card.labels or card.targets)})")
 
 
 class OnnxModel:
@@ -47,6 +113,7 @@ class OnnxModel:
         self._outputs = [o.name for o in self._session.get_outputs()]
         # Classifiers: only the probabilities are needed (the label output is their arg-max).
         self._proba_output = "probabilities" if "probabilities" in self._outputs else None
+        check_session(card, self._session)
 
     def _run(self, features: np.ndarray, outputs: list[str] | None = None) -> list[np.ndarray]:
         x = np.asarray(features, dtype=self._dtype)
@@ -75,3 +142,53 @@ class OnnxModel:
             return np.asarray(self.card.labels)[proba.argmax(axis=1)]
         out = np.asarray(self._run(features)[0], dtype=np.float64)
         return out.reshape(len(out), -1)
+
+
+class HybridOnnxModel(OnnxModel):
+    """An expression network that reads the face crop as well as the mesh features (card format
+    ``onnx-hybrid``): ONNX inputs ``crop`` (N, S, S, 1), the crops of
+    :func:`meshfer.crops.standardize`, and ``mesh`` (N, n_features). ``card.crop`` says how the
+    crops must be made (:class:`meshfer.crops.CropSpec`)."""
+
+    def __init__(self, card: ModelCard, data: bytes | None = None) -> None:
+        super().__init__(card, data)
+        from ..crops import CropSpec
+
+        self.crop_spec = CropSpec.from_dict(card.crop) if card.crop else None
+        self._names = {i.name for i in self._session.get_inputs()}
+        if "crop" in self._names and self.crop_spec is None:
+            raise ModelError(f"{card.path}: the model reads face crops but its card has no 'crop' entry")
+
+    @property
+    def needs_crops(self) -> bool:
+        return "crop" in self._names
+
+    def predict_proba(self, features: np.ndarray, crops: np.ndarray | None = None) -> np.ndarray:  # type: ignore[override]
+        """(N, n_labels) probabilities for mesh ``features`` (N, n_features) and uint8 ``crops``
+        (N, S, S)."""
+        from ..crops import standardize
+
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None]
+        feeds: dict[str, np.ndarray] = {}
+        if "mesh" in self._names:
+            if x.shape[1] != self.card.n_features:
+                raise ValueError(
+                    f"model {self.card.name!r} expects {self.card.n_features} features ({self.card.feature_set}), got {x.shape[1]}"
+                )
+            feeds["mesh"] = np.ascontiguousarray(x)
+        if self.needs_crops:
+            if crops is None:
+                raise ValueError(f"model {self.card.name!r} needs the face crops (LandmarkerOptions(crop=...))")
+            crops = np.asarray(crops)
+            assert self.crop_spec is not None
+            if crops.ndim == 2:
+                crops = crops[None]
+            if crops.shape[1:] != (self.crop_spec.size, self.crop_spec.size) or len(crops) != len(x):
+                raise ValueError(
+                    f"model {self.card.name!r} expects {len(x)} crops of {self.crop_spec.size}x{self.crop_spec.size}, "
+                    f"got an array of shape {crops.shape}"
+                )
+            feeds["crop"] = standardize(crops)
+        return np.asarray(self._session.run(["probabilities"], feeds)[0], dtype=np.float64)

@@ -74,7 +74,8 @@ def verify_file(card: ModelCard) -> Path:
     """Check that the card's model file exists and matches its SHA-256; return its path."""
     path = card.model_path
     if not path.is_file():
-        raise ModelError(f"{path}: model file of {card.name!r} not found")
+        what = "is not a regular file" if path.exists() else "not found"
+        raise ModelError(f"{path}: model file of {card.name!r} {what}")
     digest = sha256_of(path)
     if digest != card.sha256:
         raise ModelError(
@@ -92,7 +93,14 @@ def load_model(name: str | Path | ModelCard, task: str | None = None) -> Any:
         from .onnx import OnnxModel
 
         return OnnxModel(card)
+    if card.format == "onnx-hybrid":
+        from .onnx import HybridOnnxModel
+
+        return HybridOnnxModel(card)
     if card.format == "gnn-keras":
+        with open(card.model_path, "rb") as f:  # checked before TensorFlow is imported
+            if f.read(8) != b"\x89HDF\r\n\x1a\n":
+                raise ModelError(f"{card.model_path}: cannot load the GNN weights (not an HDF5 file)")
         from ..gnn import load_gnn  # TensorFlow is imported only here
 
         return load_gnn(card)

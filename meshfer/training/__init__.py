@@ -42,6 +42,7 @@ RECIPES: dict[str, str] = {
     "blendshapes": "training.expression:train",
     "logreg": "training.expression:train",
     "ensemble": "training.expression:train",
+    "hybrid": "training.hybrid:train",
 }
 
 

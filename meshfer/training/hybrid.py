@@ -1,0 +1,251 @@
+"""``meshfer train hybrid``: the hybrid expression network (face crop + mesh), from data folders
+to a checked ONNX file and its model card.
+
+Protocol (the same as the other expression recipes, plus photos):
+
+- fit on ``train_dir`` (FER-2013 train) without its byte-identical copies of ``--val`` images, and
+  optionally on a folder of ordinary photos (``--option photos_train_dir=...``, muxspace-train);
+- early stopping and every choice on 10 % of those training images, held out by a stratified split
+  that keeps byte-identical pictures and augmented copies on one side
+  (:func:`meshfer.training.expression.selection_split`);
+- report on ``--val`` (every image counted: no face = wrong) and on ``--option photos_dir=...``
+  (muxspace-dev), neither of which is trained or tuned on;
+- export to ONNX, checked against Keras on real faces before anything is written.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..meshtable import MeshTable
+from . import as_bool, leave_out_copies, load_meshes, short_path
+
+__all__ = ["HYBRID_FEATURE_SET", "DESCRIPTION", "split_for_training", "export_hybrid", "train"]
+
+#: The mesh branch's input: the 52 blendshapes and the aligned coordinates of 86 key points.
+HYBRID_FEATURE_SET = "blendshapes_aligned_keypoints"
+DESCRIPTION = (
+    "hybrid network: a mobile-style CNN on the 48x48 mesh-aligned grey face crop fused with a dense branch on "
+    "the blendshapes and aligned key points; trained on FER-2013 and ordinary photos with photo/webcam augmentation"
+)
+PHOTOS = "photos"
+
+
+def split_for_training(
+    table: MeshTable, validation: MeshTable | None, *, seed: int = 0, test_size: float = 0.1
+) -> tuple[MeshTable, MeshTable, int]:
+    """(fit, held_out, n_left_out): the training images without the copies of validation images,
+    then 10 % of them held out (stratified; duplicates and augmented copies on one side)."""
+    from .expression import selection_split
+
+    left_out = 0
+    if validation is not None:
+        table, left_out = leave_out_copies(table, validation)
+    fit, held = selection_split(table, None, test_size=test_size, seed=seed)
+    return fit, held, left_out
+
+
+def export_hybrid(
+    keras_model: Any | Sequence[Any],
+    directory: str | Path,
+    *,
+    name: str,
+    labels: Sequence[str],
+    feature_set: str,
+    check_crops: np.ndarray,
+    check_features: np.ndarray,
+    crop: dict[str, Any],
+    evaluate_on: dict[str, MeshTable] | None = None,
+    tolerance: float = 1e-4,
+    overwrite: bool = False,
+    **card_fields: Any,
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """Write ``<directory>/<name>.onnx`` and ``<name>.json`` for a trained Keras hybrid network
+    (or several, averaged in one ONNX graph).
+
+    The ONNX graph must give the Keras probabilities within ``tolerance`` on ``check_crops`` /
+    ``check_features`` (real faces) before anything is written; an existing model is kept unless
+    ``overwrite``. ``evaluate_on`` ({name: MeshTable}) is scored with the exported model, as
+    ``meshfer evaluate`` would; returns the card and those metrics."""
+    from dataclasses import replace
+
+    from .._io import atomic_write
+    from ..assets import sha256_of
+    from ..errors import ModelError
+    from ..evaluation import evaluate_table
+    from ..hybrid import FORMAT, predict_members
+    from ..models.card import ModelCard, library_versions, utc_now
+    from ..models.keras_onnx import average_onnx_bytes, keras_to_onnx_bytes
+    from ..models.onnx import HybridOnnxModel
+
+    directory = Path(directory)
+    onnx_path, card_path = directory / f"{name}.onnx", directory / f"{name}.json"
+    if not overwrite:
+        for p in (onnx_path, card_path):
+            if p.exists():
+                raise ModelError(f"{p}: exists; pass overwrite=True (--overwrite) to replace it")
+    members = list(keras_model) if isinstance(keras_model, (list, tuple)) else [keras_model]
+    data = average_onnx_bytes([keras_to_onnx_bytes(m) for m in members])
+    card = ModelCard(
+        name=name, task="expression", format=FORMAT, file=onnx_path.name, sha256="", feature_set=feature_set,
+        n_features=int(check_features.shape[1]), labels=list(labels), crop=dict(crop),
+        versions=library_versions("tensorflow", "tf-keras", "onnx", "onnxruntime", "mediapipe", "numpy", "opencv-contrib-python"),
+        created=utc_now(), path=card_path.resolve(), **card_fields,
+    )
+    model = HybridOnnxModel(card, data)
+    expected = predict_members(members, check_crops, check_features)
+    got = model.predict_proba(check_features, check_crops)
+    worst = float(np.max(np.abs(expected - got))) if len(got) else 0.0
+    if worst > tolerance:
+        raise ModelError(f"{name}: ONNX export disagrees with Keras (max difference {worst:.2e} > {tolerance:.0e})")
+    metrics = {key: evaluate_table(model, table) for key, table in (evaluate_on or {}).items()}
+    card = replace(card, extra={**card.extra, "export_max_difference": worst, "export_checked_faces": int(len(got))})
+    with atomic_write(onnx_path) as f:
+        f.write(data)
+    card = replace(card, sha256=sha256_of(onnx_path))
+    return card, metrics
+
+
+def _headline(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {f"{prefix}{k}": float(metrics[k]) for k in ("accuracy", "accuracy_on_faces", "coverage", "macro_f1")}
+    out[f"{prefix}n_images"] = int(metrics["n_images"])
+    out[f"{prefix}per_class_recall"] = {label: row["recall"] for label, row in metrics["per_class"].items() if row["support"]}
+    out[f"{prefix}per_class_f1"] = {label: row["f1"] for label, row in metrics["per_class"].items() if row["support"]}
+    return out
+
+
+def train(name: str, config: Any) -> Any:
+    """Train, check, evaluate and save the hybrid expression model (``meshfer train hybrid``).
+
+    Options (``--option key=value``): ``photos_train_dir`` (ordinary photos added to training, 10 %
+    of them held out with the FER-2013 held-out images), ``photos_dir`` (photos reported on as
+    ``<folder name>_*``, e.g. ``muxspace_macro_f1``), ``exclude_copies`` (default true), ``feature_set``,
+    any architecture option of :data:`meshfer.hybrid.DEFAULT_HPARAMS` (``branches=pixels``, ``stages``,
+    ...) and any training option of :data:`meshfer.hybrid.DEFAULT_TRAINING` (``epochs``,
+    ``max_minutes``, ``photo_weight``, ...)."""
+    from ..datasets import copies_of
+    from ..evaluation import unseen_summary
+    from ..hybrid import DEFAULT_HPARAMS, DEFAULT_TRAINING, HybridData, count_macs, fit_members, prepare_hybrid
+    from .expression import EXPRESSION_LABELS
+
+    start = time.perf_counter()
+    options = dict(config.options)
+    photos_train_dir = options.pop("photos_train_dir", None)
+    photos_dir = options.pop("photos_dir", None)
+    exclude_copies = as_bool(options.pop("exclude_copies", True))
+    feature_set = str(options.pop("feature_set", HYBRID_FEATURE_SET))
+    hparams = {k: options.pop(k) for k in list(options) if k in DEFAULT_HPARAMS}
+    training = {k: options.pop(k) for k in list(options) if k in DEFAULT_TRAINING}
+    if "augment" in training:
+        training["augment"] = as_bool(training["augment"])
+    if options:
+        valid = sorted([*DEFAULT_HPARAMS, *DEFAULT_TRAINING, "photos_train_dir", "photos_dir", "exclude_copies", "feature_set"])
+        raise KeyError(f"unknown hybrid option(s) {', '.join(sorted(options))}; valid: {', '.join(valid)}")
+
+    train_table = load_meshes(config.train_dir, config)
+    labels = tuple(train_table.label_names) or EXPRESSION_LABELS
+    val_table = load_meshes(config.val_dir, config) if config.val_dir is not None else None
+    fit_table, held_table, left_out = split_for_training(
+        train_table, val_table if exclude_copies else None, seed=config.seed
+    )
+    if val_table is None:  # no --val: report on the held-out part (also used for early stopping)
+        val_table = held_table
+    parts = [prepare_hybrid(fit_table, feature_set, labels, "fer2013")]
+    held_parts = [prepare_hybrid(held_table, feature_set, labels, "fer2013")]
+    training_data: dict[str, Any] = {
+        "train_dir": short_path(config.train_dir),
+        "train_images": len(fit_table) + len(held_table),
+        "left_out_copies_of_validation_images": left_out,
+        "fit_images": len(fit_table),
+        "held_out_images": len(held_table),
+        "held_out": "10% of the training images (stratified; byte-identical and augmented copies on one side), "
+        "for early stopping; never the validation folder",
+        "validation": short_path(config.val_dir) if config.val_dir is not None else "the held-out training images",
+        "seed": config.seed,
+        "limit_per_class": config.limit_per_class,
+    }
+    if photos_train_dir is not None:
+        from ..datasets import group_split
+
+        photos = load_meshes(Path(photos_train_dir), config)
+        a, b = group_split(photos.groups, 0.1, seed=config.seed, stratify=photos.labels)
+        parts.append(prepare_hybrid(photos.subset(a), feature_set, labels, PHOTOS))
+        held_parts.append(prepare_hybrid(photos.subset(b), feature_set, labels, PHOTOS))
+        training_data.update(photos_train_dir=short_path(photos_train_dir), photos_fit_images=int(len(a)),
+                             photos_held_out_images=int(len(b)))
+    train_data, held_data = HybridData.concat(parts), HybridData.concat(held_parts)
+    if not len(train_data):
+        raise ValueError(f"{config.train_dir}: no training faces")
+
+    results = fit_members(train_data, held_data, hparams, training, seed=config.seed)
+    models = [r.model for r in results]
+
+    evaluate_on = {"validation": val_table}
+    copies = None
+    if config.val_dir is not None:
+        copies = copies_of(val_table.paths, train_table.paths)
+        evaluate_on["unseen"] = val_table.subset(np.flatnonzero(~copies))
+    if photos_dir is not None:
+        evaluate_on["photos"] = load_meshes(Path(photos_dir), config)
+    val_data = prepare_hybrid(val_table.subset(np.arange(min(len(val_table), 256))), feature_set, labels)
+    check = val_data if len(val_data) else held_data.subset(np.arange(min(len(held_data), 256)))
+    from ..crops import DEFAULT_CROP, CropSpec
+
+    crop_spec = CropSpec.from_dict(train_table.meta["crop"]) if train_table.meta.get("crop") else DEFAULT_CROP
+    hp = {**DEFAULT_HPARAMS, **hparams}
+    tr = {**DEFAULT_TRAINING, **training}
+    card, scores = export_hybrid(
+        models, config.output_dir, name=name, labels=labels, feature_set=feature_set,
+        check_crops=check.crops, check_features=check.x, crop=crop_spec.to_dict(),
+        evaluate_on=evaluate_on, overwrite=config.overwrite, default=config.default, description=DESCRIPTION,
+        estimator=f"{len(models)} x hybrid network ({hp['branches']}: mobile-style CNN, stages {hp['stages']}, + dense "
+        f"mesh branch), averaged; {models[0].count_params():,} parameters and {count_macs(models[0]) / 1e6:.1f}M "
+        "multiply-adds each",
+        landmarker_sha256=str(train_table.meta.get("landmarker_sha256", "")),
+    )
+    metrics = _headline(scores["validation"])
+    if "unseen" in scores:
+        assert copies is not None
+        metrics.update(unseen_summary(scores["unseen"], int(copies.sum())))
+    if "photos" in scores:
+        tag = _photos_tag(Path(photos_dir))  # type: ignore[arg-type]
+        metrics.update(_headline(scores["photos"], f"{tag}_"))
+        training_data["photos"] = short_path(photos_dir)  # type: ignore[arg-type]
+    from ..hybrid import predict_members
+
+    held_pred = predict_members(models, held_data.crops, held_data.x).argmax(axis=1)
+    from ..evaluation import classification_metrics
+
+    held_metrics = classification_metrics(held_data.y, held_pred, list(labels))
+    metrics["held_out_macro_f1"] = float(held_metrics["macro_f1"])
+    metrics["held_out_accuracy"] = float(held_metrics["accuracy"])
+    fer_rows = held_data.domain == "fer2013"
+    if fer_rows.any() and not fer_rows.all():
+        metrics["held_out_fer2013_accuracy"] = float(np.mean(held_pred[fer_rows] == held_data.y[fer_rows]))
+    training_data["note"] = (
+        "metrics: every validation image counted (no face found = wrong); options and the stopping epoch were "
+        "chosen on held-out training images, never on the validation folder or the photos reported on"
+    )
+    from dataclasses import replace
+
+    card = replace(
+        card, metrics=metrics, training_data=training_data,
+        extra={**card.extra, "hparams": hp, "training": tr, "members": [
+                   {"seed": config.seed + i, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
+                    "stopped": r.stopped, "fit_seconds": round(r.seconds, 1), "history": r.history}
+                   for i, r in enumerate(results)],
+               "total_seconds": round(time.perf_counter() - start, 1),
+               "parameters": int(sum(m.count_params() for m in models)),
+               "multiply_adds": int(sum(count_macs(m) for m in models))},
+    )
+    card.save(Path(config.output_dir) / f"{name}.json")
+    return card
+
+
+def _photos_tag(path: Path) -> str:
+    tag = path.name.split("-")[0].replace(" ", "_").lower()
+    return tag or "photos"

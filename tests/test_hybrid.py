@@ -1,0 +1,188 @@
+"""The hybrid expression network: crops + mesh in, trained with Keras, exported to ONNX and run
+with ONNX Runtime alone; the recipe behind `meshfer train hybrid`; the shipped model.
+
+Real faces throughout (a few FER-2013 and photo images per class, real MediaPipe). The Hybrid/
+notebooks run top to bottom in tests/test_notebooks.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FER_TRAIN, FER_VAL, LABELS, LANDMARKER, PHOTOS, REPO, sample_images
+
+from meshfer.errors import MeshferError, ModelError
+
+TINY = {"stem": 8, "stages": [8, 16], "mesh_units": 16, "fusion_units": 16}
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory: pytest.TempPathFactory):
+    """Meshes (with crops) of 3 FER-2013 validation images and 2 photos per class."""
+    from meshfer.datasets import scan_paths
+    from meshfer.extract import extract
+
+    out = {}
+    for name, root, n in (("fer", FER_VAL, 3), ("photos", PHOTOS, 2)):
+        paths = [p for files in sample_images(root, n).values() for p in files]
+        table = extract(scan_paths(paths), workers=1, progress=False)
+        labels = np.array([p.parent.name[5:] for p in map(Path, table.paths)])
+        from dataclasses import replace
+
+        out[name] = replace(table, labels=labels, meta={**table.meta, "labels": LABELS})
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tables, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny hybrid network fitted for two epochs, and its ONNX export."""
+    from meshfer.hybrid import HybridData, fit_hybrid, prepare_hybrid
+    from meshfer.training.hybrid import HYBRID_FEATURE_SET, export_hybrid
+
+    fer = prepare_hybrid(tables["fer"], HYBRID_FEATURE_SET, LABELS, "fer2013")
+    photos = prepare_hybrid(tables["photos"], HYBRID_FEATURE_SET, LABELS, "photos")
+    data = HybridData.concat([fer, photos])
+    result = fit_hybrid(data, fer, TINY, {"epochs": 2, "batch_size": 8, "threads": 1}, progress=False)
+    out = tmp_path_factory.mktemp("hybrid-model")
+    card, scores = export_hybrid(
+        result.model, out, name="tiny_hybrid", labels=LABELS, feature_set=HYBRID_FEATURE_SET,
+        check_crops=data.crops, check_features=data.x, crop=tables["fer"].meta["crop"],
+        evaluate_on={"photos": tables["photos"]},
+    )
+    card.save(out / "tiny_hybrid.json")
+    return result, card, data, scores
+
+
+def test_fit_keeps_a_history_and_the_best_epoch(trained) -> None:
+    result, *_ = trained
+    assert len(result.history) == 2 and 0 <= result.best_epoch < 2
+    assert {"loss", "held_out_macro_f1", "held_out_accuracy"} <= set(result.history[0])
+
+
+def test_onnx_export_gives_the_keras_probabilities_on_real_faces(trained) -> None:
+    from meshfer.hybrid import predict_hybrid
+    from meshfer.models import load_model
+
+    result, card, data, _ = trained
+    model = load_model(card)  # through the registry: the file's SHA-256 is checked
+    assert type(model).__name__ == "HybridOnnxModel" and model.needs_crops
+    for crops, x in ((data.crops, data.x), (data.crops[:, :, ::-1].copy(), data.x_mirror)):
+        expected = predict_hybrid(result.model, crops, x)
+        got = model.predict_proba(x, crops)
+        assert got.shape == (len(data), len(LABELS))
+        assert np.max(np.abs(expected - got)) < 1e-4
+        assert np.allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    assert card.crop["size"] == 48 and card.format == "onnx-hybrid"
+    assert card.extra["export_max_difference"] < 1e-4
+
+
+def test_hybrid_needs_its_crops(trained, tables) -> None:
+    from dataclasses import replace
+
+    from meshfer.evaluation import evaluate_table
+    from meshfer.models import load_model
+
+    _, card, data, scores = trained
+    model = load_model(card)
+    with pytest.raises(ValueError, match="crops"):
+        model.predict_proba(data.x[:2])
+    with pytest.raises(ValueError, match="48x48"):
+        model.predict_proba(data.x[:2], np.zeros((2, 32, 32), np.uint8))
+    no_crops = replace(tables["photos"], crops=np.zeros((len(tables["photos"]), 0, 0), np.uint8))
+    with pytest.raises(MeshferError, match="crops"):
+        evaluate_table(model, no_crops)
+    assert scores["photos"]["n_images"] == len(tables["photos"])
+
+
+def test_existing_model_is_kept_unless_overwrite(trained) -> None:
+    from meshfer.training.hybrid import export_hybrid
+
+    result, card, data, _ = trained
+    before = card.model_path.read_bytes()
+    with pytest.raises(ModelError, match="exists"):
+        export_hybrid(result.model, card.model_path.parent, name=card.name, labels=LABELS,
+                      feature_set=card.feature_set, check_crops=data.crops[:4], check_features=data.x[:4],
+                      crop=card.crop)
+    assert card.model_path.read_bytes() == before
+
+
+def test_unsupported_layers_are_refused_by_name() -> None:
+    from meshfer.hybrid import import_keras
+    from meshfer.models.keras_onnx import keras_to_onnx_bytes
+
+    _, keras = import_keras(1)
+    inp = keras.Input((4,), name="mesh")
+    out = keras.layers.LayerNormalization(name="odd")(inp)
+    with pytest.raises(ModelError, match="odd"):
+        keras_to_onnx_bytes(keras.Model(inp, out))
+
+
+def test_predictor_runs_the_hybrid_on_images(trained) -> None:
+    from meshfer.predict import Predictor
+
+    _, card, *_ = trained
+    image = sorted((PHOTOS / "face_happy").iterdir())[0]
+    with Predictor(expression=card.path, eyes=None, gaze=None, mouth=None) as predictor:
+        assert predictor.landmarker_options.crop is not None
+        result = predictor.predict_image(image)
+    assert result.face and result.mesh is not None and result.mesh.crop.shape == (48, 48)
+    d = result.to_dict()
+    assert set(d) == {"image", "face", "expression"}
+    assert set(d["expression"]) == {"label", "probabilities"} and set(d["expression"]["probabilities"]) == set(LABELS)
+
+
+def test_cli_predict_json_schema_with_the_hybrid(trained) -> None:
+    _, card, *_ = trained
+    image = sorted((PHOTOS / "face_surprised").iterdir())[0]
+    proc = subprocess.run([sys.executable, "-m", "meshfer", "predict", str(image), "--json", "--model", str(card.path)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["face"] is True and set(out["expression"]["probabilities"]) == set(LABELS)
+    assert {"eyes", "gaze", "mouth"} <= set(out)
+
+
+@pytest.mark.slow
+def test_meshfer_train_hybrid_writes_a_checked_model_and_card(tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    args = [sys.executable, "-m", "meshfer", "train", "hybrid", str(FER_TRAIN), "--val", str(FER_VAL), "-o", str(out),
+            "--limit-per-class", "6", "--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--json",
+            "--option", "epochs=2", "--option", "threads=1", "--option", f"photos_dir={PHOTOS}",
+            "--option", "stages=[8,16]", "--option", "stem=8"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert card["format"] == "onnx-hybrid" and card["labels"] == LABELS
+    assert card["extra"]["hparams"]["stages"] == [8, 16] and len(card["extra"]["members"][0]["history"]) == 2
+    assert 0 <= card["metrics"]["accuracy"] <= 1 and "muxspace_macro_f1" in card["metrics"]
+    assert card["training_data"]["held_out_images"] > 0
+    assert (out / "hybrid.onnx").is_file() and (out / "hybrid.json").is_file()
+    # a second run without --overwrite keeps the model
+    again = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_unknown_hybrid_option_is_refused(tmp_path: Path) -> None:
+    from meshfer.training import TrainConfig
+    from meshfer.training.hybrid import train
+
+    with pytest.raises(KeyError, match="no_such_option"):
+        train("hybrid", TrainConfig(train_dir=FER_TRAIN, options={"no_such_option": 1}, landmarker=LANDMARKER))
+
+
+def test_augmentation_keeps_shape_and_varies_the_crops(tables) -> None:
+    from meshfer.hybrid import augment_crops
+
+    crops = tables["fer"].crops[tables["fer"].found]
+    a = augment_crops(crops, np.random.default_rng(0))
+    b = augment_crops(crops, np.random.default_rng(0))
+    c = augment_crops(crops, np.random.default_rng(1))
+    assert a.shape == crops.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.mean(np.abs(a.astype(int) - crops.astype(int))) > 3
