@@ -243,7 +243,7 @@ def bench_stages(data: Path, n_images: int, choices: dict[str, str | None], land
             for task, m in models.items():
                 x = feats[m.card.feature_set]
                 t = time.perf_counter()
-                _run_model(m, x, crops)
+                _run_model(m, x, crops, args)
                 times[f"model: {task} ({m.card.name})"].append(time.perf_counter() - t)
     rows = {
         "decode": "decode (read_image)",
@@ -264,10 +264,12 @@ def bench_stages(data: Path, n_images: int, choices: dict[str, str | None], land
     }
 
 
-def _run_model(model: Any, x: np.ndarray, crops: np.ndarray | None) -> Any:
-    """One model on one face's features (and crop, for the models that read crops)."""
+def _run_model(model: Any, x: np.ndarray, crops: np.ndarray | None, mesh: tuple | None = None) -> Any:
+    """One model on one face's features (and crop, and the mirrored features when it averages the
+    face with its mirror image: ``mesh`` is (landmarks, blendshapes, sizes))."""
     if getattr(model, "needs_crops", False):
-        return model.predict_proba(x, crops)
+        mirrored = model.mirror_features(*mesh) if model.needs_mirror and mesh is not None else None
+        return model.predict_proba(x, crops, mirrored)
     return model.predict_proba(x) if model.card.is_classifier else model.predict(x)
 
 
@@ -441,7 +443,7 @@ def _child_video(params: dict[str, Any]) -> dict[str, Any]:
             b = time.perf_counter()
             for task, m in models.items():
                 c = time.perf_counter()
-                _run_model(m, feats[m.card.feature_set], crops)
+                _run_model(m, feats[m.card.feature_set], crops, args)
                 split[f"model: {task} ({m.card.name})"].append(time.perf_counter() - c)
                 if crops is not None and getattr(m, "needs_crops", False):
                     key = f"crop + model: {task} ({m.card.name})"

@@ -116,7 +116,10 @@ def evaluate_table(model: Any, table: Any) -> dict[str, Any]:
                     f"model {model.card.name!r} reads face crops, and these meshes were extracted without them "
                     "(extract them again: meshfer extract keeps crops by default)"
                 )
-            y_pred[found] = model.predict_proba(x, table.crops[found]).argmax(axis=1)
+            mirrored = None
+            if getattr(model, "needs_mirror", False):
+                mirrored = model.mirror_features(table.landmarks[found], table.blendshapes[found], table.image_sizes[found])
+            y_pred[found] = model.predict_proba(x, table.crops[found], mirrored).argmax(axis=1)
         else:
             y_pred[found] = model.predict_proba(x).argmax(axis=1)
     metrics = classification_metrics(y_true, y_pred, labels)

@@ -75,9 +75,11 @@ class ExtractStats:
     n_checkpoints: int = 0
     n_workers_lost: int = 0
     engine: str = "local"
-    #: Ray engine only: seconds to start (or join) Ray; batches received; seconds actors sat idle
-    #: between two of their batches (Ray's scheduling and transfer, summed over actors).
+    #: Ray engine only: seconds to start (or join) Ray, and until the first actor began its first
+    #: batch (actors started too); batches run; seconds actors sat idle between two of their batches
+    #: (Ray's scheduling and transfers, summed over actors).
     engine_start_s: float = 0.0
+    engine_ready_s: float = 0.0
     n_batches: int = 0
     actor_gap_s: float = 0.0
 
@@ -513,7 +515,9 @@ def extract(
                     and existing.meta.get("complete") == table.meta["complete"]
                 )
                 final_saved = False
-                if not unchanged:  # a pure cache hit leaves the file as it was
+                # a run stopped before any image was done, with no output yet, writes no empty file
+                nothing_to_keep = not len(saved) and existing is None and not table.meta["complete"]
+                if not unchanged and not nothing_to_keep:  # a pure cache hit leaves the file as it was
                     if write_error is None:
                         try:
                             checkpoint(force=True)

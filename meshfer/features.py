@@ -87,6 +87,11 @@ def face_scale(lm: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(d), d, np.maximum(d, EPS))
 
 
+def _flat(x: np.ndarray) -> np.ndarray:
+    """(N, ...) -> (N, prod(...)); unlike ``reshape(len(x), -1)`` this also works for N == 0."""
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
+
+
 def nose_relative(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
     """(a) Coordinates relative to the nose tip (4), divided by the nose-to-forehead distance.
 
@@ -94,7 +99,7 @@ def nose_relative(landmarks: np.ndarray, image_sizes: np.ndarray | None = None) 
     """
     lm = isotropic(landmarks, image_sizes)
     rel = (lm - lm[:, NOSE_TIP : NOSE_TIP + 1]) / face_scale(lm)[:, None, None]
-    return rel.reshape(len(lm), -1)
+    return _flat(rel)
 
 
 def distances_to_point(
@@ -451,7 +456,7 @@ def gaze_eye_region_features(landmarks: np.ndarray, image_sizes: np.ndarray | No
     in the image."""
     lm = isotropic(landmarks, image_sizes)
     centre, width, u, v = _eye_frames(lm)
-    region = _in_eye_frames(lm[:, _gaze_region_points()], centre, width, u, v).reshape(len(lm), -1)
+    region = _flat(_in_eye_frames(lm[:, _gaze_region_points()], centre, width, u, v))
     return np.concatenate([region, _head_pose_proxies(lm, centre, width)], axis=1).astype(np.float32)
 
 
@@ -475,7 +480,7 @@ def gaze_iris_features(landmarks: np.ndarray, image_sizes: np.ndarray | None = N
     between = np.clip((p[:, :, 0, 1] - p[:, :, 1, 1]) / np.where(np.abs(span) < EPS, EPS, span), -3.0, 3.0)
     depth = (lm[:, iris, 2] - centre[..., 2]) / width
     per_eye = np.stack([p[:, :, 0, 0], p[:, :, 0, 1], p[:, :, 1, 1], p[:, :, 2, 1], radius, between, depth], axis=-1)
-    return np.concatenate([per_eye.reshape(len(lm), -1), _head_pose_proxies(lm, centre, width)], axis=1).astype(np.float32)
+    return np.concatenate([_flat(per_eye), _head_pose_proxies(lm, centre, width)], axis=1).astype(np.float32)
 
 
 @register_feature_set("eye_state", "per-eye geometry + the eye's own blendshapes, left eye then right eye: (N*2, 11) rows")
@@ -528,7 +533,7 @@ def graph_node_features_aligned(landmarks: np.ndarray, image_sizes: np.ndarray |
 
 @register_feature_set("graph_aligned", "(d') 478x3 nose-relative coordinates in the face's own frame (eye line, chin-forehead) / nose-forehead distance (1434)")
 def _fs_graph_aligned(lm: np.ndarray, bs: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
-    return graph_node_features_aligned(lm, sizes).reshape(len(lm) if np.ndim(lm) == 3 else 1, -1)
+    return _flat(graph_node_features_aligned(lm, sizes))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -587,7 +592,7 @@ def aligned_keypoints(landmarks: np.ndarray, image_sizes: np.ndarray | None = No
     """The :data:`EXPRESSION_KEYPOINTS` in the face's own frame (:func:`graph_node_features_aligned`),
     (N, 86 * 3): where the brows, lids, lips and jaw are, with the head's pose mostly taken out."""
     aligned = graph_node_features_aligned(landmarks, image_sizes)
-    return aligned[:, _KEYPOINT_INDEX].reshape(len(aligned), -1)
+    return _flat(aligned[:, _KEYPOINT_INDEX])
 
 
 @register_feature_set("blendshapes_aligned_keypoints", "the 52 blendshapes then the 86 key points' aligned coordinates (310): the hybrid's mesh branch")

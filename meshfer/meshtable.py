@@ -420,7 +420,7 @@ def _read_parts(path: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
         for p in pieces:
             p["crops"] = np.zeros((len(p["paths"]), 0, 0), np.uint8)
     arrays: dict[str, np.ndarray] = {}
-    for name in pieces[0]:
+    for name in list(pieces[0]):
         arrays[name] = np.concatenate([p[name] for p in pieces])
         for p in pieces:
             del p[name]  # keeps the peak near one copy of the table

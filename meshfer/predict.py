@@ -155,7 +155,8 @@ class Predictor:
             elif task == "eye":
                 out[task] = model.predict_proba(x).reshape(n, len(EYE_SIDES), -1)
             elif getattr(model, "needs_crops", False):
-                out[task] = model.predict_proba(x, crops)
+                mirrored = model.mirror_features(landmarks, blendshapes, image_sizes) if model.needs_mirror else None
+                out[task] = model.predict_proba(x, crops, mirrored)
             else:
                 out[task] = model.predict_proba(x)
         return out

@@ -15,10 +15,10 @@ meshfer package itself must be installed on the nodes (the same image as the dri
 ``runtime_env`` (``{"py_modules": [...]}``).
 
 Failures: an actor that dies (killed for memory, a lost node, ``ray.kill``) is restarted by Ray and
-its batch run again (``max_task_retries``); a batch whose actor keeps dying is dropped by Ray and its
-images are run again one by one; an image during which an actor dies again gets the local engine's
-:data:`~meshfer.extract.WORKER_DIED` row. Rows are keyed by their index, so an image is never
-counted twice.
+its batch run again (``max_task_retries`` times); a batch whose actor keeps dying is dropped by Ray
+(``max_errored_blocks``) and its images are run again one by one, once; an image during which an
+actor dies then too gets the local engine's :data:`~meshfer.extract.WORKER_DIED` row. Rows are
+keyed by their index, so an image is never counted twice.
 
 Ray is imported only here, and only when the engine runs: ``import meshfer`` never loads it.
 """
@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -98,8 +99,18 @@ class RayEngine:
     ) -> None:
         """Extract ``records[i]`` for every ``i`` in ``todo``, handing each batch of rows (with
         ``_index``) to ``collect`` as it arrives. Used by :func:`meshfer.extract.extract`."""
-        ray = _import_ray()
+        running = sys.modules.get("ray")
+        saved_env = {} if running is not None and running.is_initialized() else _push_env(_RAY_ENV)
+        try:
+            self._run(records, todo, options, workers, collect, bar, stats)
+        finally:
+            _restore_env(saved_env)
+
+    def _run(self, records: Sequence[Any], todo: Sequence[int], options: Any, workers: int | None,
+             collect: Callable[[list[dict[str, Any]]], None], bar: Any, stats: Any) -> None:
+        ray = _import_ray()  # after the environment is set: Ray's C++ core reads it when loaded
         t0 = time.perf_counter()
+        t0_wall = time.time()
         check = _ModelCheck(options)  # a model MediaPipe refuses: one line here, while Ray starts
         with self._session(ray, workers) as n_cpus:
             stats.engine_start_s = time.perf_counter() - t0
@@ -110,17 +121,22 @@ class RayEngine:
 
             shipped = {"model": ray.put(model.read_bytes()), "sha256": sha256_of(model)}
             actor_options = replace(options, model_path=None, download=False)
-            seen: set[int] = set()
+            seen: set[int] = set()  # indices whose row was handed to collect
+
+            def one_pass(indices: list[int], actors: int, batch: int, retries: int, alone: bool = False) -> None:
+                runner = _Runner(ray, self, records, actor_options, shipped, collect, bar, stats, seen)
+                runner.stream(indices, actors, batch, retries, alone)
+                if runner.calls and not stats.engine_ready_s:
+                    stats.engine_ready_s = max(0.0, min(start for _, start, _ in runner.calls) - t0_wall)
+                # an actor restarted after dying runs in a new process: more processes than actors
+                stats.n_workers_lost += max(0, len({pid for pid, _, _ in runner.calls}) - actors)
+
             batch = self.batch_size or max(4, min(BATCH_SIZE, -(-len(todo) // (4 * n_actors))))
-            _Runner(ray, self, records, actor_options, shipped, collect, bar, stats, seen).stream(
-                list(todo), n_actors, batch, self.max_task_retries
-            )
+            one_pass(list(todo), n_actors, batch, self.max_task_retries)
             missing = [i for i in todo if i not in seen]
-            if missing:  # batches dropped after their actors kept dying: one image at a time
+            if missing:  # batches dropped after their actors kept dying: one image per task and actor, once
                 stats.n_workers_lost += 1
-                _Runner(ray, self, records, actor_options, shipped, collect, bar, stats, seen).stream(
-                    missing, min(n_actors, len(missing)), 1, 1
-                )
+                one_pass(missing, min(n_actors, len(missing)), 1, 0, alone=True)
             from .extract import _lost_row
 
             for i in [i for i in missing if i not in seen]:
@@ -136,13 +152,11 @@ class RayEngine:
         """Ray for the duration: the one already initialised, a cluster joined, or a local
         instance started (and stopped at the end). Yields the cluster's CPU count."""
         started = False
-        saved_env: dict[str, str | None] = {}
         if not ray.is_initialized():
             from .extract import default_workers
 
-            for key, value in _RAY_ENV.items():
-                saved_env[key] = os.environ.get(key)
-                os.environ[key] = value
+            if self.address is not None:
+                _check_reachable(self.address)
             sigterm = signal.getsignal(signal.SIGTERM)  # ray.init installs its own; ours saves the work
             kwargs: dict[str, Any] = dict(
                 log_to_driver=False, logging_level=logging.WARNING, runtime_env=self.runtime_env
@@ -159,22 +173,18 @@ class RayEngine:
                         ray.init(address=self.address, **kwargs)
                 started = True
             except Exception as exc:
-                _restore_env(saved_env)
                 where = "start a local Ray instance" if self.address is None else f"connect to Ray at {self.address}"
                 raise MeshferError(f"cannot {where} ({_first_line(exc)})") from None
             finally:
                 with contextlib.suppress(ValueError, TypeError):
                     signal.signal(signal.SIGTERM, sigterm)
-        try:
-            with _no_raylet_prints():
-                try:
-                    yield max(1, int(ray.cluster_resources().get("CPU", 1)))
-                finally:
-                    if started:  # a local instance is stopped; a joined cluster is left
-                        with contextlib.suppress(Exception), _quiet_ray_logs():
-                            ray.shutdown()
-        finally:
-            _restore_env(saved_env)
+        with _no_raylet_prints():
+            try:
+                yield max(1, int(ray.cluster_resources().get("CPU", 1)))
+            finally:
+                if started:  # a local instance is stopped; a joined cluster is left
+                    with contextlib.suppress(Exception), _quiet_ray_logs():
+                        ray.shutdown()
 
 
 class _ModelCheck(threading.Thread):
@@ -208,7 +218,10 @@ class _Runner:
         self.shipped, self.collect, self.bar, self.stats, self.seen = shipped, collect, bar, stats, seen
         self.calls: set[tuple[int, float, float]] = set()  # (actor pid, start, end) of each call
 
-    def stream(self, indices: list[int], n_actors: int, batch_size: int, retries: int) -> None:
+    def stream(self, indices: list[int], n_actors: int, batch_size: int, retries: int, alone: bool = False) -> None:
+        """Run ``indices`` through a pool of ``n_actors``, ``batch_size`` images per task, a task
+        whose actor died run again ``retries`` times. ``alone``: one task at a time per actor (the
+        tasks queued on an actor die with it)."""
         import ray.data
 
         items = [{"index": int(i), "path": os.fsencode(str(self.records[i].path))} for i in indices]
@@ -230,7 +243,7 @@ class _Runner:
                     },
                     batch_size=batch_size,
                     batch_format="numpy",
-                    compute=ray.data.ActorPoolStrategy(size=n_actors),
+                    compute=ray.data.ActorPoolStrategy(size=n_actors, max_tasks_in_flight_per_actor=1 if alone else None),
                     num_cpus=1,
                     max_restarts=-1,
                     max_task_retries=retries,
@@ -425,13 +438,13 @@ def decode_batch(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 def engine_from_env() -> RayEngine | None:
-    """The engine named by :data:`ENV_ENGINE` (None: the local one); a ValueError for an unknown name."""
+    """The engine named by :data:`ENV_ENGINE` (None: the local one); MeshferError for another name."""
     name = (os.environ.get(ENV_ENGINE) or "local").strip().lower()
     if name == "local":
         return None
     if name == "ray":
         return RayEngine(address=os.environ.get(ENV_ADDRESS) or None)
-    raise ValueError(f"${ENV_ENGINE}={name!r}: the engine must be 'local' or 'ray'")
+    raise MeshferError(f"${ENV_ENGINE}={name!r}: the extraction engine must be 'local' or 'ray'")
 
 
 def _import_ray() -> Any:
@@ -443,6 +456,30 @@ def _import_ray() -> Any:
             f"the Ray engine needs Ray Data ({exc}); install it with: python -m pip install 'meshfer[ray]'"
         ) from None
     return ray
+
+
+def _push_env(values: dict[str, str]) -> dict[str, str | None]:
+    """Set environment variables; the previous values, for :func:`_restore_env`."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    return saved
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A one-line MeshferError when nothing listens at a ``HOST:PORT`` or ``ray://HOST:PORT``
+    address (Ray itself would retry for minutes); ``auto`` and other forms are left to Ray."""
+    import socket
+
+    text = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or "/" in text:
+        return
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise MeshferError(f"cannot connect to Ray at {address} ({reason}; is the cluster running?)") from None
 
 
 def _restore_env(saved: dict[str, str | None]) -> None:

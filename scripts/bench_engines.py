@@ -22,17 +22,17 @@ import numpy as np
 
 
 def _images(data: Path, limit: int | None) -> list[Path]:
+    """The images of ``data`` (sorted), or ``limit`` of them evenly spread over the list."""
     from meshfer.datasets import scan_dataset, scan_paths
 
     if any(c.is_dir() and c.name.startswith("face_") for c in data.iterdir()):
         dataset = scan_dataset(data)
     else:
         dataset = scan_paths([data])
-    if limit is not None and limit < len(dataset):
-        per_class = -(-limit // max(1, len(dataset.counts())))
-        dataset = dataset.limit(per_class, seed=0)
-    paths = list(dataset.paths)
-    return paths[:limit] if limit is not None else paths
+    paths = sorted(dataset.paths)
+    if limit is not None and limit < len(paths):
+        paths = [paths[int(k * len(paths) / limit)] for k in range(limit)]
+    return paths
 
 
 def run(data: Path, limit: int | None, workers: int, address: str | None, order: str) -> dict[str, object]:
@@ -46,6 +46,8 @@ def run(data: Path, limit: int | None, workers: int, address: str | None, order:
     for name in order.split(","):
         stats = ExtractStats()
         engine = "local" if name == "local" else RayEngine(address=address)
+        if name == "ray-warm":  # an instance already running: its own start-up is not counted
+            results["instance_start_s"] = {"seconds": round(_start_ray(workers), 2)}
         t = time.perf_counter()
         tables[name] = extract(paths, None, workers=workers, engine=engine, progress=False, stats=stats)
         wall = time.perf_counter() - t
@@ -55,9 +57,14 @@ def run(data: Path, limit: int | None, workers: int, address: str | None, order:
             "mediapipe_ms_per_image": round(1000 * stats.inference_s / n, 2),
             "work_ms_per_image": round(1000 * stats.worker_s / n, 2),
         }
-        if name == "ray":
+        if name == "ray-warm":
+            import ray
+
+            ray.shutdown()
+        if name.startswith("ray"):
             results[name].update(
                 startup_s=round(stats.engine_start_s, 2),
+                first_batch_s=round(stats.engine_ready_s, 2),
                 batches=stats.n_batches,
                 per_actor_images_per_s=round(n / stats.worker_s, 2),
                 scheduling_ms_per_image=round(1000 * stats.actor_gap_s / n, 3),
@@ -65,6 +72,10 @@ def run(data: Path, limit: int | None, workers: int, address: str | None, order:
                 steady_images_per_s=round(n / max(1e-9, wall - stats.engine_start_s), 2),
             )
     a, b = tables["local"], tables["ray"]
+    extra = {}
+    if "ray-warm" in results:
+        extra = {"ray_warm": results["ray-warm"], "instance_start_s": results["instance_start_s"]["seconds"],
+                 "ray_warm_vs_local": round(results["ray-warm"]["images_per_s"] / results["local"]["images_per_s"], 3)}
     same_rows = bool(np.array_equal(a.paths, b.paths) and np.array_equal(a.status, b.status)
                      and np.array_equal(a.errors, b.errors))
     both = a.found & b.found
@@ -74,8 +85,24 @@ def run(data: Path, limit: int | None, workers: int, address: str | None, order:
         "local": results["local"], "ray": results["ray"],
         "ray_vs_local": round(results["ray"]["images_per_s"] / results["local"]["images_per_s"], 3),
         "same_rows_and_status": same_rows, "max_landmark_difference": diff,
-        "faces": int(a.found.sum()),
+        "faces": int(a.found.sum()), **extra,
     }
+
+
+def _start_ray(workers: int) -> float:
+    """A local Ray instance in this process, as the engine starts one; seconds it took."""
+    import logging
+    import os
+
+    import ray
+
+    t = time.perf_counter()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    ray.init(address="local", num_cpus=workers, object_store_memory=256 * 2**20, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.ERROR)
+    return time.perf_counter() - t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=1000, help="images (default: 1000; 0: all)")
     p.add_argument("--workers", type=int, default=None, help="worker processes / Ray actors (default: all cores)")
     p.add_argument("--address", default=None, help="Ray address to join (default: a local instance, started here)")
-    p.add_argument("--order", default="local,ray", help="which engine runs first (default: local,ray)")
+    p.add_argument("--order", default="local,ray,ray-warm",
+                   help="engines in the order they run: local, ray (starting its instance), ray-warm (on an "
+                   "instance started beforehand, not counted) (default: local,ray,ray-warm)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = p.parse_args(argv)
     from meshfer.extract import default_workers
@@ -101,10 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<8} {x['seconds']:>8.2f} {x['images_per_s']:>9.2f} {x['mediapipe_ms_per_image']:>17.2f} "
               f"{x['work_ms_per_image']:>12.2f}")
     print(f"ray / local throughput: {r['ray_vs_local']:.3f}x")
-    print(f"ray: start-up {ray['startup_s']:.2f} s; after it {ray['steady_images_per_s']:.2f} images/s; "
+    print(f"ray: start-up {ray['startup_s']:.2f} s (instance), {ray['first_batch_s']:.2f} s to the first batch "
+          f"(actors too); after it {ray['steady_images_per_s']:.2f} images/s; "
           f"per actor {ray['per_actor_images_per_s']:.2f} images/s of its own work; {ray['batches']} batches")
     print(f"ray scheduling overhead: {ray['scheduling_ms_per_image']:.3f} ms per image = "
           f"{ray['scheduling_vs_mediapipe_pct']:.2f} % of MediaPipe's {ray['mediapipe_ms_per_image']:.2f} ms")
+    if "ray_warm" in r:
+        w = r["ray_warm"]
+        print(f"ray on an instance already running (its start, {r['instance_start_s']:.2f} s, not counted): "
+              f"{w['seconds']:.2f} s, {w['images_per_s']:.2f} images/s = {r['ray_warm_vs_local']:.3f}x local; "
+              f"scheduling {w['scheduling_ms_per_image']:.3f} ms per image = {w['scheduling_vs_mediapipe_pct']:.2f} %")
     print(f"same rows and status: {r['same_rows_and_status']}; largest landmark difference "
           f"{r['max_landmark_difference']:.2e}; faces {r['faces']}")
     return 0

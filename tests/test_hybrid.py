@@ -56,7 +56,11 @@ def trained(tables, tmp_path_factory: pytest.TempPathFactory):
         evaluate_on={"photos": tables["photos"]},
     )
     card.save(out / "tiny_hybrid.json")
-    return result, card, data, scores
+    return result, card, data, scores, tables["photos"]
+
+
+def _tables_photos(trained):
+    return trained[4]
 
 
 def test_fit_keeps_a_history_and_the_best_epoch(trained) -> None:
@@ -69,7 +73,7 @@ def test_onnx_export_gives_the_keras_probabilities_on_real_faces(trained) -> Non
     from meshfer.hybrid import predict_hybrid
     from meshfer.models import load_model
 
-    result, card, data, _ = trained
+    result, card, data, *_ = trained
     model = load_model(card)  # through the registry: the file's SHA-256 is checked
     assert type(model).__name__ == "HybridOnnxModel" and model.needs_crops
     for crops, x in ((data.crops, data.x), (data.crops[:, :, ::-1].copy(), data.x_mirror)):
@@ -82,13 +86,41 @@ def test_onnx_export_gives_the_keras_probabilities_on_real_faces(trained) -> Non
     assert card.extra["export_max_difference"] < 1e-4
 
 
+def test_mirror_averaging_is_exported_and_checked(trained, tmp_path: Path) -> None:
+    from meshfer.evaluation import evaluate_table
+    from meshfer.hybrid import predict_hybrid
+    from meshfer.models import load_model
+    from meshfer.training.hybrid import export_hybrid
+
+    result, card, data, *_ = trained
+    tta, _ = export_hybrid(result.model, tmp_path, name="tta", labels=LABELS, feature_set=card.feature_set,
+                           check_crops=data.crops, check_features=data.x, crop=card.crop, mirror_tta=True,
+                           check_mirrored=data.x_mirror)
+    tta.save(tmp_path / "tta.json")
+    model = load_model(tmp_path / "tta.json")
+    assert model.needs_mirror
+    expected = 0.5 * (predict_hybrid(result.model, data.crops, data.x)
+                      + predict_hybrid(result.model, data.crops[:, :, ::-1], data.x_mirror))
+    assert np.max(np.abs(model.predict_proba(data.x, data.crops, data.x_mirror) - expected)) < 1e-4
+    with pytest.raises(ValueError, match="mirror"):
+        model.predict_proba(data.x, data.crops)
+    # the features of the mirrored faces, computed by the model itself from the landmarks
+    metrics = evaluate_table(model, _tables_photos(trained))
+    assert metrics["n_images"] > 0
+    from meshfer.predict import Predictor
+
+    with Predictor(expression=tmp_path / "tta.json", eyes=None, gaze=None, mouth=None) as predictor:
+        result_image = predictor.predict_image(sorted((PHOTOS / "face_happy").iterdir())[0])
+    assert result_image.face and set(result_image.prediction.expression.probabilities) == set(LABELS)
+
+
 def test_hybrid_needs_its_crops(trained, tables) -> None:
     from dataclasses import replace
 
     from meshfer.evaluation import evaluate_table
     from meshfer.models import load_model
 
-    _, card, data, scores = trained
+    _, card, data, scores, _ = trained
     model = load_model(card)
     with pytest.raises(ValueError, match="crops"):
         model.predict_proba(data.x[:2])
@@ -103,7 +135,7 @@ def test_hybrid_needs_its_crops(trained, tables) -> None:
 def test_existing_model_is_kept_unless_overwrite(trained) -> None:
     from meshfer.training.hybrid import export_hybrid
 
-    result, card, data, _ = trained
+    result, card, data, *_ = trained
     before = card.model_path.read_bytes()
     with pytest.raises(ModelError, match="exists"):
         export_hybrid(result.model, card.model_path.parent, name=card.name, labels=LABELS,
@@ -186,3 +218,20 @@ def test_augmentation_keeps_shape_and_varies_the_crops(tables) -> None:
     assert a.shape == crops.shape and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert np.mean(np.abs(a.astype(int) - crops.astype(int))) > 3
+
+
+def test_shipped_hybrid_is_the_default_and_checks_out() -> None:
+    from meshfer.models import default_card, get_card, load_model, verify_file
+
+    card = get_card("hybrid", "expression")
+    assert default_card("expression").name == "hybrid" and card.default
+    verify_file(card)
+    assert card.format == "onnx-hybrid" and card.labels == LABELS and card.crop["size"] == 48
+    assert card.model_path.stat().st_size < 10_000_000
+    for key in ("accuracy", "macro_f1", "unseen_accuracy", "unseen_macro_f1", "muxspace_macro_f1", "held_out_macro_f1"):
+        assert 0.0 < card.metrics[key] < 1.0
+    assert card.training_data["left_out_copies_of_validation_images"] > 0
+    assert card.extra["export_max_difference"] < 1e-4
+    assert all(m["history"] for m in card.extra["members"])
+    model = load_model(card)
+    assert model.needs_crops

@@ -195,7 +195,11 @@ def test_cli_extract_joins_a_running_cluster(ray_cluster: str, mixed_data: Path,
 def test_cli_bad_address_is_one_line(tmp_path: Path, mixed_data: Path) -> None:
     proc = _cli("extract", str(mixed_data), "-o", str(tmp_path / "m.npz"), "--engine", "local", "--address", "auto")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--engine ray" in proc.stderr
-    assert not (tmp_path / "m.npz").exists()
+    proc = _cli("extract", str(mixed_data), "-o", str(tmp_path / "m.npz"), "--engine", "ray", "--address",
+                "127.0.0.1:9", "--no-progress")  # nothing listens there: one line at once, not minutes of retries
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "cannot connect to Ray at 127.0.0.1:9" in proc.stderr
+    assert not (tmp_path / "m.npz").exists()  # no empty output left behind
 
 
 def test_cli_starts_and_stops_its_own_local_ray_instance(mixed_data: Path, reference: MeshTable, tmp_path: Path) -> None:
@@ -224,3 +228,21 @@ def test_import_meshfer_does_not_import_ray() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_engine_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from meshfer.cli._common import engine_to_env
+    from meshfer.errors import MeshferError
+    from meshfer.extract import _engine
+
+    monkeypatch.delenv("MESHFER_ENGINE", raising=False)
+    monkeypatch.delenv("MESHFER_RAY_ADDRESS", raising=False)
+    assert _engine(None) is None and _engine("local") is None and isinstance(_engine("ray"), RayEngine)
+    engine_to_env(argparse.Namespace(engine="ray", address="ray://head:10001"))  # what `meshfer train` does
+    engine = _engine(None)  # what extract_folder, the notebooks and the recipes get
+    assert isinstance(engine, RayEngine) and engine.address == "ray://head:10001"
+    monkeypatch.setenv("MESHFER_ENGINE", "spark")
+    with pytest.raises(MeshferError, match="must be 'local' or 'ray'"):
+        _engine(None)

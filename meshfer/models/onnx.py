@@ -163,14 +163,40 @@ class HybridOnnxModel(OnnxModel):
     def needs_crops(self) -> bool:
         return "crop" in self._names
 
-    def predict_proba(self, features: np.ndarray, crops: np.ndarray | None = None) -> np.ndarray:  # type: ignore[override]
+    @property
+    def needs_mirror(self) -> bool:
+        """True when the card asks for mirror averaging (``extra["mirror_tta"]``): the face and its
+        mirror image (flipped crop, mirrored mesh) are both run and their probabilities averaged."""
+        return bool(self.card.extra.get("mirror_tta"))
+
+    def mirror_features(self, landmarks: np.ndarray, blendshapes: np.ndarray, image_sizes: np.ndarray | None = None) -> np.ndarray:
+        """The card's feature set of the mirrored faces (what :meth:`predict_proba` needs as
+        ``mirrored`` when :attr:`needs_mirror`)."""
+        from .. import features
+
+        lm = np.asarray(landmarks, dtype=np.float32).reshape(-1, 478, 3)
+        return features.compute(self.card.feature_set, features.mirror_landmarks(lm),
+                                features.mirror_blendshapes(np.asarray(blendshapes, np.float32).reshape(len(lm), -1)),
+                                image_sizes)
+
+    def predict_proba(  # type: ignore[override]
+        self, features: np.ndarray, crops: np.ndarray | None = None, mirrored: np.ndarray | None = None
+    ) -> np.ndarray:
         """(N, n_labels) probabilities for mesh ``features`` (N, n_features) and uint8 ``crops``
-        (N, S, S)."""
+        (N, S, S); with :attr:`needs_mirror`, also the ``mirrored`` faces' features
+        (:meth:`mirror_features`), and the result is the mean over each face and its mirror image."""
         from ..crops import standardize
 
         x = np.asarray(features, dtype=np.float32)
         if x.ndim == 1:
             x = x[None]
+        n = len(x)
+        if self.needs_mirror:
+            if mirrored is None:
+                raise ValueError(f"model {self.card.name!r} averages each face with its mirror image: pass the "
+                                 "mirrored faces' features (model.mirror_features(landmarks, blendshapes, sizes))")
+            xm = np.asarray(mirrored, dtype=np.float32).reshape(n, -1)
+            x = np.concatenate([x, xm])
         feeds: dict[str, np.ndarray] = {}
         if "mesh" in self._names:
             if x.shape[1] != self.card.n_features:
@@ -185,10 +211,13 @@ class HybridOnnxModel(OnnxModel):
             assert self.crop_spec is not None
             if crops.ndim == 2:
                 crops = crops[None]
-            if crops.shape[1:] != (self.crop_spec.size, self.crop_spec.size) or len(crops) != len(x):
+            if crops.shape[1:] != (self.crop_spec.size, self.crop_spec.size) or len(crops) != n:
                 raise ValueError(
-                    f"model {self.card.name!r} expects {len(x)} crops of {self.crop_spec.size}x{self.crop_spec.size}, "
+                    f"model {self.card.name!r} expects {n} crops of {self.crop_spec.size}x{self.crop_spec.size}, "
                     f"got an array of shape {crops.shape}"
                 )
+            if self.needs_mirror:
+                crops = np.concatenate([crops, crops[:, :, ::-1]])
             feeds["crop"] = standardize(crops)
-        return np.asarray(self._session.run(["probabilities"], feeds)[0], dtype=np.float64)
+        proba = np.asarray(self._session.run(["probabilities"], feeds)[0], dtype=np.float64)
+        return 0.5 * (proba[:n] + proba[n:]) if self.needs_mirror else proba

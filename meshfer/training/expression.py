@@ -105,7 +105,8 @@ EXPRESSION_MODELS: dict[str, ExpressionSpec] = {
     ),
 }
 
-#: The recipe shipped as the default expression model.
+#: The best mesh-only recipe (the default expression model before the hybrid, which also reads the face
+#: crop: :mod:`meshfer.training.hybrid`).
 DEFAULT_MODEL = "ensemble"
 
 

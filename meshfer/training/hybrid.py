@@ -59,6 +59,8 @@ def export_hybrid(
     check_crops: np.ndarray,
     check_features: np.ndarray,
     crop: dict[str, Any],
+    mirror_tta: bool = False,
+    check_mirrored: np.ndarray | None = None,
     evaluate_on: dict[str, MeshTable] | None = None,
     tolerance: float = 1e-4,
     overwrite: bool = False,
@@ -96,9 +98,14 @@ def export_hybrid(
         versions=library_versions("tensorflow", "tf-keras", "onnx", "onnxruntime", "mediapipe", "numpy", "opencv-contrib-python"),
         created=utc_now(), path=card_path.resolve(), **card_fields,
     )
+    card = replace(card, extra={**card.extra, "mirror_tta": bool(mirror_tta)})
     model = HybridOnnxModel(card, data)
     expected = predict_members(members, check_crops, check_features)
-    got = model.predict_proba(check_features, check_crops)
+    if mirror_tta:
+        if check_mirrored is None:
+            raise ValueError("mirror_tta needs check_mirrored, the mirrored check faces' features")
+        expected = 0.5 * (expected + predict_members(members, check_crops[:, :, ::-1], check_mirrored))
+    got = model.predict_proba(check_features, check_crops, check_mirrored if mirror_tta else None)
     worst = float(np.max(np.abs(expected - got))) if len(got) else 0.0
     if worst > tolerance:
         raise ModelError(f"{name}: ONNX export disagrees with Keras (max difference {worst:.2e} > {tolerance:.0e})")
@@ -138,12 +145,16 @@ def train(name: str, config: Any) -> Any:
     photos_dir = options.pop("photos_dir", None)
     exclude_copies = as_bool(options.pop("exclude_copies", True))
     feature_set = str(options.pop("feature_set", HYBRID_FEATURE_SET))
+    mirror_choice = str(options.pop("mirror_tta", "auto")).strip().lower()
+    if mirror_choice not in ("auto", "true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"--option mirror_tta={mirror_choice}: use auto, true or false")
     hparams = {k: options.pop(k) for k in list(options) if k in DEFAULT_HPARAMS}
     training = {k: options.pop(k) for k in list(options) if k in DEFAULT_TRAINING}
     if "augment" in training:
         training["augment"] = as_bool(training["augment"])
     if options:
-        valid = sorted([*DEFAULT_HPARAMS, *DEFAULT_TRAINING, "photos_train_dir", "photos_dir", "exclude_copies", "feature_set"])
+        valid = sorted([*DEFAULT_HPARAMS, *DEFAULT_TRAINING, "photos_train_dir", "photos_dir", "exclude_copies",
+                        "feature_set", "mirror_tta"])
         raise KeyError(f"unknown hybrid option(s) {', '.join(sorted(options))}; valid: {', '.join(valid)}")
 
     train_table = load_meshes(config.train_dir, config)
@@ -184,6 +195,18 @@ def train(name: str, config: Any) -> Any:
     results = fit_members(train_data, held_data, hparams, training, seed=config.seed)
     models = [r.model for r in results]
 
+    # Mirror averaging (the face and its mirror image) is kept when it helps on the held-out images.
+    from ..hybrid import predict_members, selection_score
+
+    plain = predict_members(models, held_data.crops, held_data.x)
+    mirrored = 0.5 * (plain + predict_members(models, held_data.crops[:, :, ::-1], held_data.x_mirror))
+    k = len(labels)
+    held_scores = {"plain": selection_score(held_data, plain.argmax(axis=1), k),
+                   "mirror_averaged": selection_score(held_data, mirrored.argmax(axis=1), k)}
+    mirror_tta = (held_scores["mirror_averaged"] > held_scores["plain"]) if mirror_choice == "auto" \
+        else mirror_choice in ("true", "1", "yes")
+    held_proba = mirrored if mirror_tta else plain
+
     evaluate_on = {"validation": val_table}
     copies = None
     if config.val_dir is not None:
@@ -201,6 +224,7 @@ def train(name: str, config: Any) -> Any:
     card, scores = export_hybrid(
         models, config.output_dir, name=name, labels=labels, feature_set=feature_set,
         check_crops=check.crops, check_features=check.x, crop=crop_spec.to_dict(),
+        mirror_tta=mirror_tta, check_mirrored=check.x_mirror,
         evaluate_on=evaluate_on, overwrite=config.overwrite, default=config.default, description=DESCRIPTION,
         estimator=f"{len(models)} x hybrid network ({hp['branches']}: mobile-style CNN, stages {hp['stages']}, + dense "
         f"mesh branch), averaged; {models[0].count_params():,} parameters and {count_macs(models[0]) / 1e6:.1f}M "
@@ -215,9 +239,7 @@ def train(name: str, config: Any) -> Any:
         tag = _photos_tag(Path(photos_dir))  # type: ignore[arg-type]
         metrics.update(_headline(scores["photos"], f"{tag}_"))
         training_data["photos"] = short_path(photos_dir)  # type: ignore[arg-type]
-    from ..hybrid import predict_members
-
-    held_pred = predict_members(models, held_data.crops, held_data.x).argmax(axis=1)
+    held_pred = held_proba.argmax(axis=1)
     from ..evaluation import classification_metrics
 
     held_metrics = classification_metrics(held_data.y, held_pred, list(labels))
@@ -238,6 +260,7 @@ def train(name: str, config: Any) -> Any:
                    {"seed": config.seed + i, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
                     "stopped": r.stopped, "fit_seconds": round(r.seconds, 1), "history": r.history}
                    for i, r in enumerate(results)],
+               "held_out_selection_scores": held_scores, "mirror_tta_choice": mirror_choice,
                "total_seconds": round(time.perf_counter() - start, 1),
                "parameters": int(sum(m.count_params() for m in models)),
                "multiply_adds": int(sum(count_macs(m) for m in models))},
