@@ -91,8 +91,14 @@ DEFAULT_TRAINING: dict[str, Any] = {
 def import_keras(threads: int | None = None) -> tuple[Any, Any]:
     """TensorFlow and Keras 2 (``tf_keras``), importing them on first use; ``threads`` sets
     TensorFlow's thread pools when they are not running yet."""
+    import os
+    import sys
+
     from .errors import MeshferError
 
+    if "tensorflow" not in sys.modules:
+        # Keras 2 for TensorFlow as a whole, so that the GNN (Spektral) works in the same process
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
     try:
         import tensorflow as tf
         import tf_keras

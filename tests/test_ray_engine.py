@@ -237,8 +237,10 @@ def test_the_engine_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
     from meshfer.errors import MeshferError
     from meshfer.extract import _engine
 
-    monkeypatch.delenv("MESHFER_ENGINE", raising=False)
-    monkeypatch.delenv("MESHFER_RAY_ADDRESS", raising=False)
+    # setenv first, so that monkeypatch restores both (unset) after engine_to_env wrote them directly
+    for name in ("MESHFER_ENGINE", "MESHFER_RAY_ADDRESS"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     assert _engine(None) is None and _engine("local") is None and isinstance(_engine("ray"), RayEngine)
     engine_to_env(argparse.Namespace(engine="ray", address="ray://head:10001"))  # what `meshfer train` does
     engine = _engine(None)  # what extract_folder, the notebooks and the recipes get
