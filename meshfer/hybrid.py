@@ -45,6 +45,8 @@ __all__ = [
     "fit_parallel",
     "FitJob",
     "sample_weights",
+    "domain_ratios",
+    "adjust_to_domains",
     "predict_hybrid",
     "predict_members",
 ]
@@ -79,6 +81,10 @@ DEFAULT_TRAINING: dict[str, Any] = {
     "label_smoothing": 0.1,
     "class_weight_power": 0.5,  # weights (n / (k * n_c)) ** power over the training images
     "photo_weight": 1.0,  # sample weight of the photo-domain training images (photos_train_dir)
+    # "weight": class weights within every domain; "adjust": class weights in the largest domain
+    # (FER-2013) only, and the other domains' faces scored through their own class prior (domain
+    # logit adjustment, see domain_ratios), so that a domain's label mix is not learnt as a cue
+    "domain_prior": "weight",
     "augment": True,
     "augment_strength": 1.0,  # scales the probabilities and ranges of augment_crops
     "threads": 2,
@@ -351,6 +357,7 @@ class FitResult:
     best_epoch: int = -1
     seconds: float = 0.0
     stopped: str = ""
+    ratios: dict[str, list[float]] = field(default_factory=dict)  # domain_ratios, with domain_prior="adjust"
 
 
 def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
@@ -384,6 +391,43 @@ def sample_weights(y: np.ndarray, domain: np.ndarray, n_labels: int, power: floa
         dw *= 1.0 / dw.mean()  # each domain keeps its share of the total weight
         w[rows] = dw * (photo_weight if d == "photos" else 1.0)
     return (w / w.mean()).astype(np.float32) if len(w) else w.astype(np.float32)
+
+
+def _reference_domain(domain: np.ndarray) -> str:
+    names, counts = np.unique(np.asarray(domain).astype(str), return_counts=True)
+    return str(names[int(np.argmax(counts))]) if len(names) else ""
+
+
+def domain_ratios(y: np.ndarray, domain: np.ndarray, weights: np.ndarray, n_labels: int) -> dict[str, list[float]]:
+    """For ``domain_prior="adjust"``: per domain, its (weighted) class prior divided by that of the
+    reference domain (the largest, FER-2013), 0 for the classes it has no face of. The network's
+    probabilities are those of the reference domain; ``p * r / sum(p * r)`` are a face's of domain
+    ``d`` (what its training loss and the held-out selection score see). Photos with 1,500 neutral
+    and 34 surprised faces then do not teach "a photo is rarely surprised, never angry"."""
+    y = np.asarray(y, dtype=np.int64)
+    domain = np.asarray(domain).astype(str)
+    priors = {}
+    for d in np.unique(domain):
+        rows = domain == d
+        mass = np.bincount(y[rows], weights=np.asarray(weights, np.float64)[rows], minlength=n_labels)
+        priors[str(d)] = mass / max(mass.sum(), 1e-12)
+    ref = priors.get(_reference_domain(domain))
+    if ref is None:
+        return {}
+    return {d: [float(v) for v in np.where(ref > 0, p / np.maximum(ref, 1e-12), 0.0)] for d, p in priors.items()}
+
+
+def adjust_to_domains(proba: np.ndarray, domain: np.ndarray, ratios: dict[str, Sequence[float]] | None) -> np.ndarray:
+    """``proba`` (reference-domain probabilities) as those of each face's own domain (see
+    :func:`domain_ratios`); unchanged where ``ratios`` is empty or names no such domain."""
+    if not ratios or not len(proba):
+        return proba
+    r = np.ones_like(proba, dtype=np.float64)
+    domain = np.asarray(domain).astype(str)
+    for d, v in ratios.items():
+        r[domain == d] = np.asarray(v, np.float64)
+    out = np.asarray(proba, np.float64) * r
+    return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-12)
 
 
 def selection_score(held_out: HybridData, pred: np.ndarray, n_labels: int, min_support: int = 10) -> float:
@@ -431,7 +475,19 @@ def fit_hybrid(
     train_model, model = build_hybrid(hp, train.x.shape[1], k, train.crops.shape[1], mean, var, training_model=True)
     aux = train_model is not model
 
-    weights = sample_weights(train.y, train.domain, k, float(opts["class_weight_power"]), float(opts["photo_weight"]))
+    adjust = str(opts.get("domain_prior", "weight")) == "adjust"
+    if str(opts.get("domain_prior", "weight")) not in ("weight", "adjust"):
+        raise ValueError(f"domain_prior={opts['domain_prior']!r}: use weight or adjust")
+    power = float(opts["class_weight_power"])
+    if adjust:  # class weights in the reference domain only; the others keep their own label mix
+        ref = train.domain.astype(str) == _reference_domain(train.domain)
+        weights = sample_weights(train.y, train.domain, k, 0.0, float(opts["photo_weight"]))
+        weights[ref] *= sample_weights(train.y[ref], train.domain[ref], k, power)  # mean 1: the domain keeps its share
+        weights = (weights / weights.mean()).astype(np.float32)
+        ratios = domain_ratios(train.y, train.domain, weights, k)
+    else:
+        weights = sample_weights(train.y, train.domain, k, power, float(opts["photo_weight"]))
+        ratios = {}
 
     batch = int(opts["batch_size"])
     steps = int(np.ceil(len(train) / batch))
@@ -451,13 +507,29 @@ def fit_hybrid(
         def get_config(self) -> dict[str, Any]:
             return {}
 
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=float(opts["label_smoothing"]))
+    smoothing = float(opts["label_smoothing"])
+    if adjust:
+        # y_true carries each face's smoothed target over the classes of its domain, then the
+        # domain's prior ratios: the loss scores p * r / sum(p * r)
+        r = adjust_to_domains(np.ones((len(train), k)), train.domain, ratios).astype(np.float32)
+        present = (r > 0).astype(np.float32)
+        onehot = np.eye(k, dtype=np.float32)[train.y]
+        onehot = (1.0 - smoothing) * onehot + smoothing * present / present.sum(axis=1, keepdims=True)
+        onehot = np.concatenate([onehot, r / r.max(axis=1, keepdims=True)], axis=1)
+
+        def loss(y_true: Any, y_pred: Any) -> Any:
+            target, ratio = y_true[:, :k], y_true[:, k:]
+            q = y_pred * ratio
+            q = q / tf.maximum(tf.reduce_sum(q, axis=1, keepdims=True), 1e-12)
+            return -tf.reduce_sum(target * tf.math.log(tf.clip_by_value(q, 1e-7, 1.0)), axis=1)
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+        onehot = np.eye(k, dtype=np.float32)[train.y]
     train_model.compile(
         optimizer=keras.optimizers.Adam(WarmCosine()),
         loss=[loss, loss] if aux else loss,
         loss_weights=[1.0, float(hp["aux_pixel_loss"])] if aux else None,
     )
-    onehot = np.eye(k, dtype=np.float32)[train.y]
     result = FitResult(model)
     best_f1, best_weights, waited = -1.0, None, 0
     start = time.perf_counter()
@@ -500,7 +572,7 @@ def fit_hybrid(
                 out = train_model.train_on_batch(_inputs(model, crops[sl], x[sl]), [target[sl], target[sl]] if aux
                                                  else target[sl], sample_weight=w[sl])
                 losses.append(float(out[0] if isinstance(out, (list, tuple)) else out))
-            proba = predict_hybrid(model, held_out.crops, held_out.x)
+            proba = adjust_to_domains(predict_hybrid(model, held_out.crops, held_out.x), held_out.domain, ratios)
             pred = proba.argmax(axis=1)
             f1 = _macro_f1(held_out.y, pred, k)
             acc = float(np.mean(pred == held_out.y)) if len(pred) else 0.0
@@ -535,6 +607,7 @@ def fit_hybrid(
     if best_weights is not None:
         model.set_weights(best_weights)
     result.seconds = time.perf_counter() - start
+    result.ratios = ratios
     return result
 
 
@@ -547,7 +620,7 @@ def _job_worker(args: tuple) -> dict[str, Any]:
     log = (lambda row: queue.put((index, row))) if queue is not None else None
     result = fit_hybrid(job.train, job.held_out, job.hparams, job.training, seed=job.seed, progress=False, log=log)
     return {"weights": result.model.get_weights(), "history": result.history, "best_epoch": result.best_epoch,
-            "seconds": result.seconds, "stopped": result.stopped}
+            "seconds": result.seconds, "stopped": result.stopped, "ratios": result.ratios}
 
 
 @dataclass
@@ -615,7 +688,7 @@ def fit_parallel(jobs: Sequence[FitJob], processes: int | None = None, *, progre
         mean, var = job.train.x.mean(axis=0), job.train.x.var(axis=0)
         model = build_hybrid(hp, job.train.x.shape[1], len(job.train.labels), job.train.crops.shape[1], mean, var)
         model.set_weights(out["weights"])
-        results.append(FitResult(model, out["history"], out["best_epoch"], out["seconds"], out["stopped"]))
+        results.append(FitResult(model, out["history"], out["best_epoch"], out["seconds"], out["stopped"], out["ratios"]))
     return results
 
 

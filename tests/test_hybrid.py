@@ -235,3 +235,38 @@ def test_shipped_hybrid_is_the_default_and_checks_out() -> None:
     assert all(m["history"] for m in card.extra["members"])
     model = load_model(card)
     assert model.needs_crops
+
+
+def test_domain_ratios_hide_the_classes_a_domain_lacks() -> None:
+    from meshfer.hybrid import adjust_to_domains, domain_ratios
+
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 0, 1])
+    domain = np.array(["fer"] * 6 + ["photos"] * 3)
+    ratios = domain_ratios(y, domain, np.ones(len(y)), 3)
+    assert ratios["fer"] == pytest.approx([1.0, 1.0, 1.0])
+    # photos: 2/3 class 0, 1/3 class 1, no class 2 (fer prior: 1/3 each)
+    assert ratios["photos"] == pytest.approx([2.0, 1.0, 0.0])
+    proba = np.full((3, 3), 1 / 3)
+    out = adjust_to_domains(proba, np.array(["fer", "photos", "other"]), ratios)
+    assert out[0] == pytest.approx([1 / 3] * 3)
+    assert out[1] == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert out[2] == pytest.approx([1 / 3] * 3)  # a domain without ratios is left as it is
+    assert np.allclose(out.sum(axis=1), 1.0)
+
+
+def test_domain_prior_adjust_trains_and_records_its_ratios(tables) -> None:
+    from meshfer.hybrid import HybridData, fit_hybrid, prepare_hybrid
+    from meshfer.training.hybrid import HYBRID_FEATURE_SET
+
+    fer = prepare_hybrid(tables["fer"], HYBRID_FEATURE_SET, LABELS, "fer2013")
+    photos = prepare_hybrid(tables["photos"], HYBRID_FEATURE_SET, LABELS, "photos")
+    keep = np.isin(photos.y, [LABELS.index("happy"), LABELS.index("neutral")])  # like muxspace-train
+    data = HybridData.concat([fer, photos.subset(np.flatnonzero(keep))])
+    result = fit_hybrid(data, data, TINY, {"epochs": 1, "batch_size": 8, "threads": 1, "domain_prior": "adjust"},
+                        progress=False)
+    assert set(result.ratios) == {"fer2013", "photos"}
+    absent = [i for i, r in enumerate(result.ratios["photos"]) if r == 0]
+    assert sorted(LABELS[i] for i in absent) == sorted(set(LABELS) - {"happy", "neutral"})
+    assert np.isfinite(result.history[0]["loss"])
+    with pytest.raises(ValueError, match="domain_prior"):
+        fit_hybrid(data, data, TINY, {"epochs": 1, "domain_prior": "nope"}, progress=False)
