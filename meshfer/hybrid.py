@@ -662,11 +662,18 @@ def fit_parallel(jobs: Sequence[FitJob], processes: int | None = None, *, progre
 
         bar = tqdm(total=total, unit="epoch", desc=f"Training {len(jobs)} hybrid networks", dynamic_ncols=True)
     best: dict[int, float] = {}
+    from concurrent.futures import ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .errors import MeshferError
+
     try:
-        with ctx.Pool(procs) as pool:
-            pending = pool.map_async(_job_worker, [(i, j, queue) for i, j in enumerate(one_thread)], chunksize=1)
+        # an executor, not multiprocessing.Pool: a training process that dies (a crash inside
+        # TensorFlow, the kernel's out-of-memory killer) ends the run with an error instead of a hang
+        with ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+            futures = [pool.submit(_job_worker, (i, j, queue)) for i, j in enumerate(one_thread)]
             while True:
-                done = pending.ready()
+                done = all(f.done() for f in futures)
                 while not queue.empty():
                     i, row = queue.get()
                     best[i] = max(best.get(i, 0.0), row.get("held_out_score", 0.0))
@@ -675,8 +682,12 @@ def fit_parallel(jobs: Sequence[FitJob], processes: int | None = None, *, progre
                         bar.set_postfix(best=" ".join(f"{v:.3f}" for _, v in sorted(best.items())))
                 if done:
                     break
-                pending.wait(2.0)
-            outs = pending.get()
+                wait(futures, timeout=2.0)
+            try:
+                outs = [f.result() for f in futures]
+            except BrokenProcessPool:
+                raise MeshferError("a training process died (out of memory, or a crash inside TensorFlow; see the "
+                                   "system log); nothing was written") from None
     finally:
         manager.shutdown()
         if bar is not None:

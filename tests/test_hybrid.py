@@ -19,7 +19,9 @@ from conftest import FER_TRAIN, FER_VAL, LABELS, LANDMARKER, PHOTOS, REPO, sampl
 
 from meshfer.errors import MeshferError, ModelError
 
-TINY = {"stem": 8, "stages": [8, 16], "mesh_units": 16, "fusion_units": 16}
+# 16 channels at least: TensorFlow 2.21's oneDNN kernels corrupt memory with 8-channel separable
+# convolutions on some AVX-512 processors (a "malloc assertion failure" or a segfault in tf_Compute)
+TINY = {"stem": 16, "stages": [16, 32], "mesh_units": 16, "fusion_units": 16}
 
 
 @pytest.fixture(scope="module")
@@ -186,18 +188,49 @@ def test_meshfer_train_hybrid_writes_a_checked_model_and_card(tmp_path: Path) ->
     args = [sys.executable, "-m", "meshfer", "train", "hybrid", str(FER_TRAIN), "--val", str(FER_VAL), "-o", str(out),
             "--limit-per-class", "6", "--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--json",
             "--option", "epochs=2", "--option", "threads=1", "--option", f"photos_dir={PHOTOS}",
-            "--option", "stages=[8,16]", "--option", "stem=8"]
+            "--option", "stages=[16,32]", "--option", "stem=16"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = json.loads(proc.stdout.strip().splitlines()[-1])
     assert card["format"] == "onnx-hybrid" and card["labels"] == LABELS
-    assert card["extra"]["hparams"]["stages"] == [8, 16] and len(card["extra"]["members"][0]["history"]) == 2
+    assert card["extra"]["hparams"]["stages"] == [16, 32] and len(card["extra"]["members"][0]["history"]) == 2
     assert 0 <= card["metrics"]["accuracy"] <= 1 and "muxspace_macro_f1" in card["metrics"]
     assert card["training_data"]["held_out_images"] > 0
     assert (out / "hybrid.onnx").is_file() and (out / "hybrid.json").is_file()
     # a second run without --overwrite keeps the model
     again = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert again.returncode != 0 and "exists" in again.stderr
+
+    # the mirror rule applied again from the card's held-out scores: a rule that flips the choice
+    # rewrites the card with metrics computed anew by the exported model; one that keeps it changes nothing
+    from meshfer.models.card import ModelCard
+    from meshfer.training import TrainConfig
+    from meshfer.training.hybrid import reselect_mirror
+
+    before = card["extra"]["mirror_tta"]
+    config = TrainConfig(train_dir=FER_TRAIN, val_dir=FER_VAL, cache_dir=tmp_path / "cache", workers=1,
+                         limit_per_class=6, landmarker=LANDMARKER)
+    kept = reselect_mirror(out / "hybrid.json", config, photos_dir=PHOTOS, min_gain=-1.0 if not before else 1.0)
+    assert kept.extra["mirror_tta"] is (not before)
+    saved = ModelCard.load(out / "hybrid.json")
+    assert saved.extra["mirror_tta"] is (not before) and saved.extra["mirror_min_gain"] in (-1.0, 1.0)
+    assert 0 <= saved.metrics["accuracy"] <= 1 and "muxspace_macro_f1" in saved.metrics
+    assert saved.metrics["n_images"] == card["metrics"]["n_images"]
+    text = (out / "hybrid.json").read_text()
+    again = reselect_mirror(out / "hybrid.json", config, photos_dir=PHOTOS, min_gain=-1.0 if not before else 1.0)
+    assert again.extra["mirror_tta"] is (not before) and (out / "hybrid.json").read_text() == text
+
+
+def test_mirror_averaging_must_gain_more_than_the_seed_spread() -> None:
+    from meshfer.training.hybrid import MIRROR_MIN_GAIN, choose_mirror
+
+    assert MIRROR_MIN_GAIN > 0
+    assert not choose_mirror({"plain": 0.7734, "mirror_averaged": 0.7738})  # the shipped networks' tie
+    assert choose_mirror({"plain": 0.70, "mirror_averaged": 0.70 + 2 * MIRROR_MIN_GAIN})
+    assert choose_mirror({"plain": 0.80, "mirror_averaged": 0.70}, "true")
+    assert not choose_mirror({"plain": 0.70, "mirror_averaged": 0.80}, "no")
+    with pytest.raises(ValueError, match="mirror_tta=maybe"):
+        choose_mirror({"plain": 0.7, "mirror_averaged": 0.7}, "maybe")
 
 
 def test_unknown_hybrid_option_is_refused(tmp_path: Path) -> None:
@@ -235,6 +268,11 @@ def test_shipped_hybrid_is_the_default_and_checks_out() -> None:
     assert all(m["history"] for m in card.extra["members"])
     model = load_model(card)
     assert model.needs_crops
+    # the recipe's mirror rule, applied to the held-out scores the card recorded, is what the card says
+    from meshfer.training.hybrid import choose_mirror
+
+    assert model.needs_mirror is choose_mirror(card.extra["held_out_selection_scores"], card.extra["mirror_tta_choice"],
+                                               card.extra["mirror_min_gain"])
 
 
 def test_domain_ratios_hide_the_classes_a_domain_lacks() -> None:

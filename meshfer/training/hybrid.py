@@ -24,7 +24,8 @@ import numpy as np
 from ..meshtable import MeshTable
 from . import as_bool, leave_out_copies, load_meshes, short_path
 
-__all__ = ["HYBRID_FEATURE_SET", "DESCRIPTION", "split_for_training", "export_hybrid", "train"]
+__all__ = ["HYBRID_FEATURE_SET", "DESCRIPTION", "MIRROR_MIN_GAIN", "split_for_training", "held_out_data", "export_hybrid",
+           "train", "choose_mirror", "reselect_mirror"]
 
 #: The mesh branch's input: the 52 blendshapes and the aligned coordinates of 86 key points.
 HYBRID_FEATURE_SET = "blendshapes_aligned_keypoints"
@@ -33,9 +34,10 @@ DESCRIPTION = (
     "the blendshapes and aligned key points; trained on FER-2013 and ordinary photos with photo/webcam augmentation"
 )
 PHOTOS = "photos"
-#: What mirror averaging must add to the held-out selection score to be kept (``mirror_tta=auto``);
-#: 0 reproduces the shipped model (a gain of 0.0005); ``--option mirror_tta=false`` halves the network's time.
-MIRROR_MIN_GAIN = 0.0
+#: What mirror averaging must add to the held-out selection score to be kept (``mirror_tta=auto``). It
+#: doubles the network's time, so it has to gain more than the spread between two training seeds (the
+#: shipped members' best held-out scores differ by 0.005); ``--option mirror_tta=true|false`` overrides.
+MIRROR_MIN_GAIN = 0.005
 
 
 def split_for_training(
@@ -50,6 +52,42 @@ def split_for_training(
         table, left_out = leave_out_copies(table, validation)
     fit, held = selection_split(table, None, test_size=test_size, seed=seed)
     return fit, held, left_out
+
+
+def split_photos(photos: MeshTable, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, held-out rows) of the training photos: 10 %, stratified, copies on one side."""
+    from ..datasets import group_split
+
+    return group_split(photos.groups, 0.1, seed=seed, stratify=photos.labels)
+
+
+def held_out_data(
+    train_table: MeshTable, validation: MeshTable | None, photos: MeshTable | None, feature_set: str,
+    labels: Sequence[str], *, seed: int = 0,
+) -> Any:
+    """The held-out training images of ``meshfer train hybrid`` (FER-2013's and the training photos'),
+    as :class:`meshfer.hybrid.HybridData`: what every choice of the recipe is made on."""
+    from ..hybrid import HybridData, prepare_hybrid
+
+    _, held, _ = split_for_training(train_table, validation, seed=seed)
+    parts = [prepare_hybrid(held, feature_set, labels, "fer2013")]
+    if photos is not None:
+        parts.append(prepare_hybrid(photos.subset(split_photos(photos, seed)[1]), feature_set, labels, PHOTOS))
+    return HybridData.concat(parts)
+
+
+def choose_mirror(held_scores: dict[str, float], choice: str = "auto", min_gain: float = MIRROR_MIN_GAIN) -> bool:
+    """Whether the model averages each face with its mirror image: with ``choice="auto"``, when that
+    gains more than ``min_gain`` on the held-out selection score (``held_scores``: "plain" and
+    "mirror_averaged"); else as ``choice`` says (true/false)."""
+    choice = str(choice).strip().lower()
+    if choice == "auto":
+        return bool(held_scores["mirror_averaged"] > held_scores["plain"] + min_gain)
+    if choice in ("true", "1", "yes"):
+        return True
+    if choice in ("false", "0", "no"):
+        return False
+    raise ValueError(f"--option mirror_tta={choice}: use auto, true or false")
 
 
 def export_hybrid(
@@ -138,7 +176,6 @@ def train(name: str, config: Any) -> Any:
     ...) and any training option of :data:`meshfer.hybrid.DEFAULT_TRAINING` (``epochs``,
     ``max_minutes``, ``photo_weight``, ...)."""
     from ..datasets import copies_of
-    from ..evaluation import unseen_summary
     from ..hybrid import DEFAULT_HPARAMS, DEFAULT_TRAINING, HybridData, count_macs, fit_members, prepare_hybrid
     from .expression import EXPRESSION_LABELS
 
@@ -149,8 +186,7 @@ def train(name: str, config: Any) -> Any:
     exclude_copies = as_bool(options.pop("exclude_copies", True))
     feature_set = str(options.pop("feature_set", HYBRID_FEATURE_SET))
     mirror_choice = str(options.pop("mirror_tta", "auto")).strip().lower()
-    if mirror_choice not in ("auto", "true", "false", "1", "0", "yes", "no"):
-        raise ValueError(f"--option mirror_tta={mirror_choice}: use auto, true or false")
+    choose_mirror({"plain": 0.0, "mirror_averaged": 0.0}, mirror_choice)  # a wrong value fails before training
     hparams = {k: options.pop(k) for k in list(options) if k in DEFAULT_HPARAMS}
     training = {k: options.pop(k) for k in list(options) if k in DEFAULT_TRAINING}
     if "augment" in training:
@@ -183,10 +219,8 @@ def train(name: str, config: Any) -> Any:
         "limit_per_class": config.limit_per_class,
     }
     if photos_train_dir is not None:
-        from ..datasets import group_split
-
         photos = load_meshes(Path(photos_train_dir), config)
-        a, b = group_split(photos.groups, 0.1, seed=config.seed, stratify=photos.labels)
+        a, b = split_photos(photos, config.seed)
         parts.append(prepare_hybrid(photos.subset(a), feature_set, labels, PHOTOS))
         held_parts.append(prepare_hybrid(photos.subset(b), feature_set, labels, PHOTOS))
         training_data.update(photos_train_dir=short_path(photos_train_dir), photos_fit_images=int(len(a)),
@@ -209,8 +243,7 @@ def train(name: str, config: Any) -> Any:
     k = len(labels)
     held_scores = {"plain": selection_score(held_data, plain.argmax(axis=1), k),
                    "mirror_averaged": selection_score(held_data, mirrored.argmax(axis=1), k)}
-    mirror_tta = (held_scores["mirror_averaged"] > held_scores["plain"] + MIRROR_MIN_GAIN) if mirror_choice == "auto" \
-        else mirror_choice in ("true", "1", "yes")
+    mirror_tta = choose_mirror(held_scores, mirror_choice)
     held_proba = mirrored if mirror_tta else plain
 
     evaluate_on = {"validation": val_table}
@@ -237,23 +270,10 @@ def train(name: str, config: Any) -> Any:
         "multiply-adds each",
         landmarker_sha256=str(train_table.meta.get("landmarker_sha256", "")),
     )
-    metrics = _headline(scores["validation"])
-    if "unseen" in scores:
-        assert copies is not None
-        metrics.update(unseen_summary(scores["unseen"], int(copies.sum())))
-    if "photos" in scores:
-        tag = _photos_tag(Path(photos_dir))  # type: ignore[arg-type]
-        metrics.update(_headline(scores["photos"], f"{tag}_"))
-        training_data["photos"] = short_path(photos_dir)  # type: ignore[arg-type]
-    held_pred = held_proba.argmax(axis=1)
-    from ..evaluation import classification_metrics
-
-    held_metrics = classification_metrics(held_data.y, held_pred, list(labels))
-    metrics["held_out_macro_f1"] = float(held_metrics["macro_f1"])
-    metrics["held_out_accuracy"] = float(held_metrics["accuracy"])
-    fer_rows = held_data.domain == "fer2013"
-    if fer_rows.any() and not fer_rows.all():
-        metrics["held_out_fer2013_accuracy"] = float(np.mean(held_pred[fer_rows] == held_data.y[fer_rows]))
+    metrics = _card_metrics(scores, copies, _photos_tag(Path(photos_dir)) if photos_dir is not None else "",
+                            held_data, held_proba, labels)
+    if photos_dir is not None:
+        training_data["photos"] = short_path(photos_dir)
     training_data["note"] = (
         "metrics: every validation image counted (no face found = wrong); options and the stopping epoch were "
         "chosen on held-out training images, never on the validation folder or the photos reported on"
@@ -273,6 +293,68 @@ def train(name: str, config: Any) -> Any:
                "multiply_adds": int(sum(count_macs(m) for m in models))},
     )
     card.save(Path(config.output_dir) / f"{name}.json")
+    return card
+
+
+def _card_metrics(scores: dict[str, Any], copies: np.ndarray | None, photos_tag: str, held_data: Any,
+                  held_proba: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """The card's metrics: ``scores`` (evaluate_table results: validation, unseen, photos) and the
+    held-out training images' (``held_proba``: the model's probabilities in their domains)."""
+    from ..evaluation import classification_metrics, unseen_summary
+
+    metrics = _headline(scores["validation"])
+    if "unseen" in scores:
+        assert copies is not None
+        metrics.update(unseen_summary(scores["unseen"], int(copies.sum())))
+    if "photos" in scores:
+        metrics.update(_headline(scores["photos"], f"{photos_tag}_"))
+    held_pred = held_proba.argmax(axis=1)
+    held_metrics = classification_metrics(held_data.y, held_pred, list(labels))
+    metrics["held_out_macro_f1"] = float(held_metrics["macro_f1"])
+    metrics["held_out_accuracy"] = float(held_metrics["accuracy"])
+    fer_rows = held_data.domain == "fer2013"
+    if fer_rows.any() and not fer_rows.all():
+        metrics["held_out_fer2013_accuracy"] = float(np.mean(held_pred[fer_rows] == held_data.y[fer_rows]))
+    return metrics
+
+
+def reselect_mirror(card_path: str | Path, config: Any, photos_train_dir: str | Path | None = None,
+                    photos_dir: str | Path | None = None, min_gain: float = MIRROR_MIN_GAIN) -> Any:
+    """Apply the mirror-averaging rule (``mirror_tta=auto`` with ``min_gain``) again to an exported
+    hybrid model, from the held-out scores its card recorded at training, without training again;
+    when the choice changes, the card's metrics are computed anew with the exported model, on the
+    data of ``config`` (the same folders as at training) and saved. Returns the card."""
+    from dataclasses import replace
+
+    from ..datasets import copies_of
+    from ..evaluation import evaluate_table
+    from ..hybrid import adjust_to_domains
+    from ..models.card import ModelCard
+    from ..models.onnx import HybridOnnxModel
+
+    card = ModelCard.load(card_path)
+    held_scores = card.extra["held_out_selection_scores"]
+    mirror_tta = choose_mirror(held_scores, "auto", min_gain)
+    card = replace(card, extra={**card.extra, "mirror_tta": mirror_tta, "mirror_tta_choice": "auto",
+                                "mirror_min_gain": min_gain})
+    if mirror_tta == bool(ModelCard.load(card_path).extra.get("mirror_tta")):
+        return card
+    model = HybridOnnxModel(card)
+    train_table = load_meshes(config.train_dir, config)
+    val_table = load_meshes(config.val_dir, config)
+    copies = copies_of(val_table.paths, train_table.paths)
+    tables = {"validation": val_table, "unseen": val_table.subset(np.flatnonzero(~copies))}
+    if photos_dir is not None:
+        tables["photos"] = load_meshes(Path(photos_dir), config)
+    scores = {key: evaluate_table(model, table) for key, table in tables.items()}
+    photos = load_meshes(Path(photos_train_dir), config) if photos_train_dir is not None else None
+    held = held_out_data(train_table, val_table, photos, card.feature_set, card.labels, seed=config.seed)
+    proba = model.predict_proba(held.x, held.crops, held.x_mirror if mirror_tta else None)
+    proba = adjust_to_domains(proba, held.domain, card.extra.get("domain_prior_ratios"))
+    tag = _photos_tag(Path(photos_dir)) if photos_dir is not None else ""
+    metrics = _card_metrics(scores, copies, tag, held, proba, card.labels)
+    card = replace(card, metrics={**card.metrics, **metrics})
+    card.save(card_path)
     return card
 
 
