@@ -116,6 +116,21 @@ def test_mirror_averaging_is_exported_and_checked(trained, tmp_path: Path) -> No
     assert result_image.face and set(result_image.prediction.expression.probabilities) == set(LABELS)
 
 
+def test_large_inputs_run_in_parts_with_the_same_probabilities(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    import meshfer.models.onnx as onnx_models
+    from meshfer.models import load_model
+
+    _, card, data, *_ = trained
+    model = load_model(card)
+    whole = model.predict_proba(data.x, data.crops)
+    size = 3
+    while len(data) % size == 0:
+        size += 1
+    monkeypatch.setattr(onnx_models, "_BATCH", size)  # several parts, the last one shorter
+    assert len(data) > 2 * size
+    assert np.allclose(model.predict_proba(data.x, data.crops), whole, atol=1e-6)
+
+
 def test_hybrid_needs_its_crops(trained, tables) -> None:
     from dataclasses import replace
 

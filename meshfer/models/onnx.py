@@ -144,6 +144,10 @@ class OnnxModel:
         return out.reshape(len(out), -1)
 
 
+#: Faces per ONNX Runtime call of a hybrid model (larger inputs are run in parts of this size).
+_BATCH = 512
+
+
 class HybridOnnxModel(OnnxModel):
     """An expression network that reads the face crop as well as the mesh features (card format
     ``onnx-hybrid``): ONNX inputs ``crop`` (N, S, S, 1), the crops of
@@ -219,5 +223,13 @@ class HybridOnnxModel(OnnxModel):
             if self.needs_mirror:
                 crops = np.concatenate([crops, crops[:, :, ::-1]])
             feeds["crop"] = standardize(crops)
-        proba = np.asarray(self._session.run(["probabilities"], feeds)[0], dtype=np.float64)
+        rows = len(x)
+        if rows <= _BATCH:
+            proba = np.asarray(self._session.run(["probabilities"], feeds)[0], dtype=np.float64)
+        else:  # ONNX Runtime holds every layer's activations for the whole batch: ~3.5 MB per face
+            proba = np.concatenate([
+                np.asarray(self._session.run(["probabilities"], {k: v[i:i + _BATCH] for k, v in feeds.items()})[0],
+                           dtype=np.float64)
+                for i in range(0, rows, _BATCH)
+            ])
         return 0.5 * (proba[:n] + proba[n:]) if self.needs_mirror else proba
