@@ -734,6 +734,7 @@ def train(name: str, config: Any, verbose: int = 2) -> Any:
     left_out = 0
     feature_set = str(other.get("feature_set", DEFAULT_FEATURE_SET))
     table = load_meshes(Path(config.train_dir), config)
+    train_folder = list(table.paths)  # unseen_* leave out the copies of any image of the folder
     labels = list(table.label_names)
     if config.val_dir is not None:
         val_table = load_meshes(Path(config.val_dir), config)
@@ -762,7 +763,7 @@ def train(name: str, config: Any, verbose: int = 2) -> Any:
     metrics.update({"n_images": full["n_images"], "n_faces": full["n_faces"], "per_class": full["per_class"],
                     "confusion": full["confusion"]})
     if config.val_dir is not None:
-        metrics.update(unseen_metrics(classifier, val_table, list(table.paths)))
+        metrics.update(unseen_metrics(classifier, val_table, train_folder))
     transfer = other.get("transfer_dir")
     if transfer:
         tag = Path(transfer).name.split("-")[0].split("_")[0] or "transfer"
@@ -786,8 +787,8 @@ def train(name: str, config: Any, verbose: int = 2) -> Any:
         "seed": int(config.seed),
         "limit_per_class": config.limit_per_class,
         "note": "metrics: every validation image counted (no face found = wrong; the validation folder also stopped "
-        "training early); unseen_*: the validation images that are not byte-identical copies of training images "
-        "(all of them when left_out_copies_of_validation_images took the copies out of training)",
+        "training early); unseen_*: the validation images that are not byte-identical copies of an image of the "
+        "training folder (the same images for every model, whether or not the copies were left out of training)",
     }
     command = ["meshfer", "train", name, short_path(config.train_dir)]
     command += ["--val", short_path(config.val_dir)] if config.val_dir is not None else []

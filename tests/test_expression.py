@@ -201,6 +201,9 @@ def test_shipped_expression_models() -> None:
         for key in ("accuracy", "accuracy_on_faces", "coverage", "macro_f1", "muxspace_macro_f1", "unseen_accuracy",
                     "unseen_macro_f1"):
             assert 0.0 < card.metrics[key] < 1.0
+        # the same unseen validation images for every model, whatever each left out of its training
+        assert (card.metrics["unseen_n_images"], card.metrics["copies_of_training_images"]) == (
+            cards["hybrid"].metrics["unseen_n_images"], cards["hybrid"].metrics["copies_of_training_images"])
         model = load_model(card)
         proba = model.predict_proba(features.compute(card.feature_set, lm, bs, np.array([[48, 48]] * 2)))
         assert proba.shape == (2, len(LABELS))
@@ -243,11 +246,13 @@ def test_recipe_leaves_copies_of_validation_images_out_of_training(small_dataset
     assert card.training_data["left_out_copies_of_validation_images"] == 1
     assert card.training_data["train_images"] == 21
     assert card.training_data["train_dir"] == f"{tmp_path.name}/train"  # no paths of the machine that trained it
-    assert card.metrics["copies_of_training_images"] == 0 and card.metrics["unseen_n_images"] == 21
+    # unseen_*: the validation images without a copy in the training folder, left out of training or not
+    assert card.metrics["copies_of_training_images"] == 1 and card.metrics["unseen_n_images"] == 20
     kept = replace(config, output_dir=tmp_path / "kept", options={**config.options, "exclude_copies": "false"})
     card = get_recipe("ensemble")("ensemble", kept)
     assert card.training_data["left_out_copies_of_validation_images"] == 0
     assert card.training_data["train_images"] == 22 and card.metrics["copies_of_training_images"] == 1
+    assert card.metrics["unseen_n_images"] == 20
 
 
 def test_selection_split_keeps_duplicates_together_and_validation_out(tables, tmp_path: Path) -> None:

@@ -414,6 +414,7 @@ def train(name: str, config: Any) -> Any:
     spec = EXPRESSION_MODELS[name].with_options(options)
 
     train_table = load_meshes(config.train_dir, config)
+    train_folder = train_table  # unseen_* leave out the copies of any image of the folder, trained on or not
     labels = tuple(train_table.label_names)
     left_out = 0
     if config.val_dir is not None:
@@ -434,7 +435,7 @@ def train(name: str, config: Any) -> Any:
     val_metrics = evaluate(model, prepare(val_table, spec.feature_set, labels))
     metrics: dict[str, Any] = _headline(val_metrics)
     if config.val_dir is not None:
-        metrics.update(_unseen(model, val_table, train_table, spec.feature_set, labels))
+        metrics.update(_unseen(model, val_table, train_folder, spec.feature_set, labels))
     training_data = {
         "train_dir": _short(config.train_dir),
         "train_images": len(train_table),
@@ -447,8 +448,8 @@ def train(name: str, config: Any) -> Any:
         "validation": val_source,
         "note": "metrics: every validation image counted (no face found = wrong); the validation set "
         "was also used to choose the model's options; unseen_*: the validation images that are not "
-        "byte-identical copies of training images (all of them when left_out_copies_of_validation_images "
-        "took the copies out of training)",
+        "byte-identical copies of an image of the training folder (the same images for every model, whether "
+        "or not the copies were left out of training)",
     }
     if photos_dir is not None:
         photos_table = load_meshes(Path(photos_dir), config)
@@ -473,8 +474,8 @@ def train(name: str, config: Any) -> Any:
 
 
 def _unseen(model: Any, val_table: Any, train_table: Any, feature_set: str, labels: Sequence[str]) -> dict[str, Any]:
-    """Headline metrics on the validation images that are not byte-identical copies of training
-    images (see :func:`meshfer.evaluation.unseen_metrics`)."""
+    """Headline metrics on the validation images that are not byte-identical copies of images of
+    ``train_table`` (the whole training folder; see :func:`meshfer.evaluation.unseen_metrics`)."""
     from ..datasets import copies_of
     from ..evaluation import unseen_summary
 

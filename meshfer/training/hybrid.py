@@ -276,7 +276,8 @@ def train(name: str, config: Any) -> Any:
         training_data["photos"] = short_path(photos_dir)
     training_data["note"] = (
         "metrics: every validation image counted (no face found = wrong); options and the stopping epoch were "
-        "chosen on held-out training images, never on the validation folder or the photos reported on"
+        "chosen on held-out training images, never on the validation folder or the photos reported on; unseen_*: "
+        "the validation images that are not byte-identical copies of an image of the training folder"
     )
     from dataclasses import replace
 
