@@ -90,6 +90,9 @@ DEFAULT_TRAINING: dict[str, Any] = {
     "threads": 2,
     "max_minutes": 75,  # stop after the epoch that passes this wall-clock budget (None: no limit)
     "members": 2,  # networks trained with different seeds and averaged (one ONNX graph)
+    # momentum of a running average of the weights over epochs (0: none). The average is scored on
+    # the held-out images beside the epoch's own weights from min_epochs on; the better one is kept
+    "weight_average": 0.0,
     "processes": None,  # members trained at once, one process each (None: as many as cores, at most members)
 }
 
@@ -358,6 +361,7 @@ class FitResult:
     seconds: float = 0.0
     stopped: str = ""
     ratios: dict[str, list[float]] = field(default_factory=dict)  # domain_ratios, with domain_prior="adjust"
+    averaged: bool = False  # the kept weights are the running average (weight_average), not one epoch's
 
 
 def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
@@ -539,6 +543,15 @@ def fit_hybrid(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, unit="epoch", desc="Training hybrid", dynamic_ncols=True)
+    momentum = float(opts.get("weight_average") or 0.0)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"weight_average={momentum}: use a momentum in [0, 1)")
+    average: list[np.ndarray] | None = None
+
+    def held_pred() -> np.ndarray:
+        proba = predict_hybrid(model, held_out.crops, held_out.x)
+        return adjust_to_domains(proba, held_out.domain, ratios).argmax(axis=1)
+
     def draw(r: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One epoch's training inputs: a random half mirrored (crop and mesh), every crop varied."""
         flip = r.random(len(train)) < 0.5
@@ -572,25 +585,38 @@ def fit_hybrid(
                 out = train_model.train_on_batch(_inputs(model, crops[sl], x[sl]), [target[sl], target[sl]] if aux
                                                  else target[sl], sample_weight=w[sl])
                 losses.append(float(out[0] if isinstance(out, (list, tuple)) else out))
-            proba = adjust_to_domains(predict_hybrid(model, held_out.crops, held_out.x), held_out.domain, ratios)
-            pred = proba.argmax(axis=1)
+            pred = held_pred()
             f1 = _macro_f1(held_out.y, pred, k)
             acc = float(np.mean(pred == held_out.y)) if len(pred) else 0.0
             score = selection_score(held_out, pred, k)
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "held_out_macro_f1": round(f1, 4),
-                   "held_out_accuracy": round(acc, 4), "held_out_score": round(score, 4),
-                   "seconds": round(time.perf_counter() - t0, 1)}
+                   "held_out_accuracy": round(acc, 4), "held_out_score": round(score, 4)}
             for dom in np.unique(held_out.domain):
                 mask = held_out.domain == dom
                 if dom and mask.any():
                     row[f"held_out_{dom}_accuracy"] = round(float(np.mean(pred[mask] == held_out.y[mask])), 4)
+            weights_now = model.get_weights()
+            improved = False
+            if score > best_f1:
+                best_f1, best_weights, result.best_epoch, result.averaged, improved = score, weights_now, epoch, False, True
+            if momentum > 0:
+                average = weights_now if average is None else [
+                    momentum * a + (1.0 - momentum) * w for a, w in zip(average, weights_now)]
+                if epoch + 1 >= float(opts["min_epochs"]) * epochs:
+                    model.set_weights(average)
+                    pred_avg = held_pred()
+                    model.set_weights(weights_now)  # training goes on from the epoch's own weights
+                    score_avg = selection_score(held_out, pred_avg, k)
+                    row["held_out_score_averaged"] = round(score_avg, 4)
+                    row["held_out_accuracy_averaged"] = round(float(np.mean(pred_avg == held_out.y)), 4)
+                    if score_avg > best_f1:
+                        best_f1, best_weights, result.best_epoch = score_avg, [a.copy() for a in average], epoch
+                        result.averaged, improved = True, True
+            row["seconds"] = round(time.perf_counter() - t0, 1)
             result.history.append(row)
             if log is not None:
                 log(row)
-            if score > best_f1:
-                best_f1, best_weights, waited, result.best_epoch = score, model.get_weights(), 0, epoch
-            else:
-                waited += 1
+            waited = 0 if improved else waited + 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(score=f"{score:.3f}", best=f"{best_f1:.3f}")
@@ -620,7 +646,7 @@ def _job_worker(args: tuple) -> dict[str, Any]:
     log = (lambda row: queue.put((index, row))) if queue is not None else None
     result = fit_hybrid(job.train, job.held_out, job.hparams, job.training, seed=job.seed, progress=False, log=log)
     return {"weights": result.model.get_weights(), "history": result.history, "best_epoch": result.best_epoch,
-            "seconds": result.seconds, "stopped": result.stopped, "ratios": result.ratios}
+            "seconds": result.seconds, "stopped": result.stopped, "ratios": result.ratios, "averaged": result.averaged}
 
 
 @dataclass
@@ -699,7 +725,8 @@ def fit_parallel(jobs: Sequence[FitJob], processes: int | None = None, *, progre
         mean, var = job.train.x.mean(axis=0), job.train.x.var(axis=0)
         model = build_hybrid(hp, job.train.x.shape[1], len(job.train.labels), job.train.crops.shape[1], mean, var)
         model.set_weights(out["weights"])
-        results.append(FitResult(model, out["history"], out["best_epoch"], out["seconds"], out["stopped"], out["ratios"]))
+        results.append(FitResult(model, out["history"], out["best_epoch"], out["seconds"], out["stopped"], out["ratios"],
+                                 out["averaged"]))
     return results
 
 

@@ -45,6 +45,8 @@ __all__ = [
     "VideoAnalyzer",
     "TimelineCsvWriter",
     "open_video_writer",
+    "free_bytes",
+    "video_file_problem",
     "analyze_video",
 ]
 
@@ -373,6 +375,37 @@ def open_video_writer(path: str | Path, fps: float, size: tuple[int, int]) -> An
             f"{path}: cannot write a video file here (OpenCV has no MPEG-4 writer, or the folder is not writable)"
         )
     return writer
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free space on the file system that holds ``path`` (its folder), or None when unknown."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(Path(path).parent or ".").free
+    except OSError:
+        return None
+
+
+def video_file_problem(path: str | Path, frames: int) -> str | None:
+    """Why the video file ``path``, to which ``frames`` frames were written, is not a complete
+    video (OpenCV's writer reports no write errors: a full disk leaves a file that does not open,
+    or that holds fewer frames), or None when it reads back whole."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return "the file was not written"
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return "the file was written incompletely and does not open as a video"
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    finally:
+        cap.release()
+    if count < frames:
+        return f"the file holds {count} of the {frames} frames written"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

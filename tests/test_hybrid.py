@@ -323,3 +323,25 @@ def test_domain_prior_adjust_trains_and_records_its_ratios(tables) -> None:
     assert np.isfinite(result.history[0]["loss"])
     with pytest.raises(ValueError, match="domain_prior"):
         fit_hybrid(data, data, TINY, {"epochs": 1, "domain_prior": "nope"}, progress=False)
+
+
+def test_weight_average_is_scored_beside_each_epoch_and_kept_only_when_better(tables) -> None:
+    from meshfer.hybrid import HybridData, fit_hybrid, predict_hybrid, prepare_hybrid, selection_score
+    from meshfer.training.hybrid import HYBRID_FEATURE_SET
+
+    fer = prepare_hybrid(tables["fer"], HYBRID_FEATURE_SET, LABELS, "fer2013")
+    photos = prepare_hybrid(tables["photos"], HYBRID_FEATURE_SET, LABELS, "photos")
+    data = HybridData.concat([fer, photos])
+    opts = {"epochs": 4, "batch_size": 8, "threads": 1, "min_epochs": 0.5, "weight_average": 0.5}
+    result = fit_hybrid(data, fer, TINY, opts, progress=False)
+    # the average is scored from min_epochs on (the second of 4 epochs), not before
+    assert [("held_out_score_averaged" in row) for row in result.history] == [False, True, True, True]
+    best = max(max(r["held_out_score"], r.get("held_out_score_averaged", -1.0)) for r in result.history)
+    row = result.history[result.best_epoch]
+    kept = row["held_out_score_averaged"] if result.averaged else row["held_out_score"]
+    assert kept == pytest.approx(best)
+    # the model holds the kept weights: its held-out score is the recorded one
+    pred = predict_hybrid(result.model, fer.crops, fer.x).argmax(axis=1)
+    assert selection_score(fer, pred, len(LABELS)) == pytest.approx(kept, abs=1e-4)
+    with pytest.raises(ValueError, match="weight_average"):
+        fit_hybrid(data, fer, TINY, {**opts, "weight_average": 1.0}, progress=False)

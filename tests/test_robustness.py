@@ -551,6 +551,14 @@ def test_full_disks(tmpfs, tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     assert summary["frames"] == 4 and "plot" not in summary
     assert sorted(p.name for p in tight.iterdir()) == ["filler"]  # no cut-off plot, no temporary file
+    # --output on a disk that fills: OpenCV's writer says nothing, meshfer notices and keeps no cut-off video
+    vid = tmpfs("vid", size="1m")
+    _fill_leaving(vid, 64 * 1024)
+    proc = meshfer("video", clip, "--no-progress", "--output", vid / "out.mp4", "--json")
+    one_line_error(proc, "out.mp4", "No space left on device")
+    summary = json.loads(proc.stdout)
+    assert summary["frames"] == 4 and "output" not in summary
+    assert sorted(p.name for p in vid.iterdir()) == ["filler"]
     # augment.py: a disk that fills up leaves only complete copies, and a re-run finishes the job
     folder = tmpfs("aug", size="512k")
     for f in sample_images(FER_VAL, 30)["happy"]:
@@ -713,3 +721,22 @@ def test_a_worker_killed_mid_run_costs_nothing(clean_run, tmp_path: Path) -> Non
     from meshfer.meshtable import MeshTable
 
     assert MeshTable.load(out).meta["timing"]["n_workers_lost"] >= 1
+
+
+def test_an_incomplete_annotated_video_is_recognised(tmp_path: Path) -> None:
+    """What ``meshfer video --output`` checks after writing: OpenCV's writer reports no write error,
+    so the file is read back (a disk that filled up leaves a file that does not open)."""
+    from meshfer.video import open_video_writer, video_file_problem
+
+    path = tmp_path / "out.mp4"
+    writer = open_video_writer(path, 10.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    assert video_file_problem(path, 10) is None
+    assert "11 frames" in (video_file_problem(path, 11) or "")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # cut off where a full disk would have stopped it
+    assert video_file_problem(path, 10) is not None
+    assert video_file_problem(tmp_path / "missing.mp4", 1) == "the file was not written"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     from ..predict import Predictor
-    from ..video import TimelineCsvWriter, VideoAnalyzer, VideoSource, open_video_writer
+    from ..video import TimelineCsvWriter, VideoAnalyzer, VideoSource, free_bytes, open_video_writer, video_file_problem
 
     source = VideoSource(args.source, args.width, args.height)
     predictor = Predictor(expression=args.model, eyes=args.eyes, gaze=args.gaze, mouth=args.mouth)
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     interrupted = False
     failed: dict[str, str] = {}  # output -> why it could not be (fully) written
     n = 0
+    frames_out, t_space = 0, 0.0  # frames written to --output; when its free space was last looked at
     fps_ema = None
     t_start = time.perf_counter()
     try:
@@ -172,10 +174,21 @@ def run(args: argparse.Namespace) -> int:
                     fps_ema = fps_now if fps_ema is None else 0.9 * fps_ema + 0.1 * fps_now
                     t_prev = now
                     draw_overlay(frame, result, labels, fps_ema, args.overlay)
-                    if args.output:
+                    if args.output and "output" not in failed:
                         if video_writer is None:
                             video_writer = open_video_writer(args.output, source.fps, (frame.shape[1], frame.shape[0]))
-                        video_writer.write(frame)
+                        # OpenCV's writer does not report a full disk: look at the free space now and then
+                        if now - t_space >= 1.0:
+                            t_space = now
+                            free = free_bytes(args.output)
+                            if free is not None and free < _MIN_FREE:
+                                failed["output"] = (f"{args.output}: No space left on device (under 1 MB free after "
+                                                    f"{frames_out} frames); the annotated video was not kept")
+                                video_writer.release()
+                                video_writer = None
+                        if video_writer is not None:
+                            video_writer.write(frame)
+                            frames_out += 1
                     if window is not None and not window.show(frame):
                         break
                 if bar is not None:
@@ -197,6 +210,16 @@ def run(args: argparse.Namespace) -> int:
                 _close_quietly(csv_writer)
         if video_writer is not None:
             video_writer.release()
+            problem = video_file_problem(args.output, frames_out) if "output" not in failed else None
+            if problem is not None:
+                free = free_bytes(args.output)
+                why = "No space left on device: " if free is not None and free < _MIN_FREE else ""
+                failed["output"] = f"{args.output}: {why}{problem}; the annotated video was not kept"
+        if "output" in failed:
+            try:  # an incomplete video is of no use; the file was made by this run (never an existing one)
+                os.unlink(args.output)
+            except OSError:
+                pass
         if window is not None:
             window.close()
 
@@ -235,6 +258,10 @@ def run(args: argparse.Namespace) -> int:
         warn(f"{source.name}: no frames could be read")
         return 1
     return 2 if failed else 0
+
+
+#: Below this many free bytes on the --output file system the annotated video stops being written.
+_MIN_FREE = 1 << 20
 
 
 def _close_quietly(writer: Any) -> None:

@@ -284,7 +284,7 @@ def train(name: str, config: Any) -> Any:
     card = replace(
         card, metrics=metrics, training_data=training_data,
         extra={**card.extra, "hparams": hp, "training": tr, "members": [
-                   {"seed": config.seed + i, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
+                   {"seed": config.seed + i, "best_epoch": r.best_epoch, "averaged": r.averaged, "epochs_run": len(r.history),
                     "stopped": r.stopped, "fit_seconds": round(r.seconds, 1), "history": r.history}
                    for i, r in enumerate(results)],
                "held_out_selection_scores": held_scores, "mirror_tta_choice": mirror_choice,
