@@ -93,6 +93,9 @@ DEFAULT_TRAINING: dict[str, Any] = {
     # momentum of a running average of the weights over epochs (0: none). The average is scored on
     # the held-out images beside the epoch's own weights from min_epochs on; the better one is kept
     "weight_average": 0.0,
+    # share of a teacher's probabilities in each face's training target (0: none); the teacher is given
+    # to fit_hybrid (meshfer train hybrid: --option teacher=CARD[,CARD...]), the rest is the face's label
+    "distill": 0.0,
     "processes": None,  # members trained at once, one process each (None: as many as cores, at most members)
 }
 
@@ -465,11 +468,15 @@ def fit_hybrid(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[dict[str, float]], None] | None = None,
+    teacher: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FitResult:
     """Train a hybrid network on ``train`` and keep the weights of the epoch with the best
     :func:`selection_score` on ``held_out`` (images of the training folders that were set aside,
     never validation).
-    ``log`` receives each epoch's row of the history."""
+    ``log`` receives each epoch's row of the history. ``teacher``: (N, k) probabilities of another
+    model for each training face and for its mirror image; with ``training["distill"] = a`` each
+    face's target is ``(1 - a) * label + a * teacher`` (knowledge distillation), the mirrored
+    faces taking the mirror image's probabilities."""
     opts = {**DEFAULT_TRAINING, **(training or {})}
     hp = {**DEFAULT_HPARAMS, **(hparams or {})}
     tf, keras = import_keras(opts["threads"])
@@ -478,10 +485,21 @@ def fit_hybrid(
     mean, var = train.x.mean(axis=0), train.x.var(axis=0)
     train_model, model = build_hybrid(hp, train.x.shape[1], k, train.crops.shape[1], mean, var, training_model=True)
     aux = train_model is not model
+    distill = float(opts.get("distill") or 0.0)
+    if not 0.0 <= distill <= 1.0:
+        raise ValueError(f"distill={distill}: use a share in [0, 1]")
+    if distill > 0 and teacher is None:
+        raise ValueError("distill > 0 needs the teacher's probabilities (fit_hybrid(..., teacher=(proba, proba_mirror)))")
+    if teacher is not None:
+        teacher = tuple(np.asarray(t, np.float32) for t in teacher)  # type: ignore[assignment]
+        if any(t.shape != (len(train), k) for t in teacher):  # type: ignore[union-attr]
+            raise ValueError(f"teacher probabilities must be two ({len(train)}, {k}) arrays")
 
     adjust = str(opts.get("domain_prior", "weight")) == "adjust"
     if str(opts.get("domain_prior", "weight")) not in ("weight", "adjust"):
         raise ValueError(f"domain_prior={opts['domain_prior']!r}: use weight or adjust")
+    if adjust and distill > 0:
+        raise ValueError("distill and domain_prior=adjust do not combine")
     power = float(opts["class_weight_power"])
     if adjust:  # class weights in the reference domain only; the others keep their own label mix
         ref = train.domain.astype(str) == _reference_domain(train.domain)
@@ -552,7 +570,7 @@ def fit_hybrid(
         proba = predict_hybrid(model, held_out.crops, held_out.x)
         return adjust_to_domains(proba, held_out.domain, ratios).argmax(axis=1)
 
-    def draw(r: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def draw(r: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One epoch's training inputs: a random half mirrored (crop and mesh), every crop varied."""
         flip = r.random(len(train)) < 0.5
         crops = train.crops.copy()
@@ -561,7 +579,7 @@ def fit_hybrid(
             crops = augment_crops(crops, r, float(opts["augment_strength"]))
         x = np.where(flip[:, None], train.x_mirror, train.x)
         order = r.permutation(len(train))
-        return crops[order], x[order], order
+        return crops[order], x[order], order, flip[order]
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -573,12 +591,16 @@ def fit_hybrid(
     try:
         for epoch in range(epochs):
             t0 = time.perf_counter()
-            crops, x, order = pending.result()
+            crops, x, order, flipped = pending.result()
             if epoch + 1 < epochs:
                 pending = pool.submit(draw, np.random.default_rng(seeds[epoch + 1]))
             # Batch by batch (train_on_batch): one fit() call per epoch would build a new input
             # pipeline each time, and TensorFlow keeps some memory of every one of them.
             target, w = onehot[order], weights[order]
+            if distill > 0:
+                assert teacher is not None
+                soft = np.where(flipped[:, None], teacher[1][order], teacher[0][order])
+                target = (1.0 - distill) * target + distill * soft
             losses = []
             for b0 in range(0, len(order), batch):
                 sl = slice(b0, b0 + batch)
@@ -644,7 +666,8 @@ def _job_worker(args: tuple) -> dict[str, Any]:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     log = (lambda row: queue.put((index, row))) if queue is not None else None
-    result = fit_hybrid(job.train, job.held_out, job.hparams, job.training, seed=job.seed, progress=False, log=log)
+    result = fit_hybrid(job.train, job.held_out, job.hparams, job.training, seed=job.seed, progress=False, log=log,
+                        teacher=job.teacher)
     return {"weights": result.model.get_weights(), "history": result.history, "best_epoch": result.best_epoch,
             "seconds": result.seconds, "stopped": result.stopped, "ratios": result.ratios, "averaged": result.averaged}
 
@@ -659,6 +682,7 @@ class FitJob:
     training: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     name: str = ""
+    teacher: tuple[np.ndarray, np.ndarray] | None = None  # fit_hybrid's teacher probabilities
 
 
 def _cores() -> int:
@@ -674,11 +698,13 @@ def fit_parallel(jobs: Sequence[FitJob], processes: int | None = None, *, progre
     jobs = list(jobs)
     procs = max(1, min(len(jobs), int(processes or _cores())))
     if procs == 1:
-        return [fit_hybrid(j.train, j.held_out, j.hparams, j.training, seed=j.seed, progress=progress) for j in jobs]
+        return [fit_hybrid(j.train, j.held_out, j.hparams, j.training, seed=j.seed, progress=progress, teacher=j.teacher)
+                for j in jobs]
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    one_thread = [FitJob(j.train, j.held_out, j.hparams, {**j.training, "threads": 1}, j.seed, j.name) for j in jobs]
+    one_thread = [FitJob(j.train, j.held_out, j.hparams, {**j.training, "threads": 1}, j.seed, j.name, j.teacher)
+                  for j in jobs]
     manager = ctx.Manager()
     queue = manager.Queue()
     total = sum(int({**DEFAULT_TRAINING, **j.training}["epochs"]) for j in jobs)
@@ -738,16 +764,17 @@ def fit_members(
     *,
     seed: int = 0,
     progress: bool = True,
+    teacher: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[FitResult]:
     """``training["members"]`` networks fitted with seeds ``seed, seed + 1, ...``, in parallel
     processes (``training["processes"]``, default: one per core) when there are several. Their
-    average is the model (:func:`predict_members`)."""
+    average is the model (:func:`predict_members`); ``teacher`` as in :func:`fit_hybrid`."""
     opts = {**DEFAULT_TRAINING, **(training or {})}
     n = max(1, int(opts["members"]))
     per = {**(training or {}), "members": 1}
-    jobs = [FitJob(train, held_out, dict(hparams or {}), per, int(seed) + i, f"member {i}") for i in range(n)]
+    jobs = [FitJob(train, held_out, dict(hparams or {}), per, int(seed) + i, f"member {i}", teacher) for i in range(n)]
     if n == 1:
-        return [fit_hybrid(train, held_out, hparams, per, seed=int(seed), progress=progress)]
+        return [fit_hybrid(train, held_out, hparams, per, seed=int(seed), progress=progress, teacher=teacher)]
     return fit_parallel(jobs, opts["processes"], progress=progress)
 
 

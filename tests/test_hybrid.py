@@ -235,6 +235,21 @@ def test_meshfer_train_hybrid_writes_a_checked_model_and_card(tmp_path: Path) ->
     again = reselect_mirror(out / "hybrid.json", config, photos_dir=PHOTOS, min_gain=-1.0 if not before else 1.0)
     assert again.extra["mirror_tta"] is (not before) and (out / "hybrid.json").read_text() == text
 
+    # distillation from that model (same split): the student's card names its teacher; a teacher
+    # trained on another split is refused before any training
+    from dataclasses import replace
+
+    from meshfer.training.hybrid import train
+
+    options = {"epochs": 1, "threads": 1, "stages": [16, 32], "stem": 16, "teacher": str(out / "hybrid.json")}
+    student = train("hybrid", replace(config, output_dir=tmp_path / "student", options=options))
+    assert student.extra["training"]["distill"] == 0.5
+    assert student.training_data["teacher"]["fer2013"] == ["models/hybrid.json"]
+    assert (tmp_path / "student" / "hybrid.onnx").is_file()
+    with pytest.raises(ModelError, match="split seed"):
+        train("hybrid", replace(config, seed=1, output_dir=tmp_path / "other", options=options))
+    assert not (tmp_path / "other" / "hybrid.onnx").exists()
+
 
 def test_mirror_averaging_must_gain_more_than_the_seed_spread() -> None:
     from meshfer.training.hybrid import MIRROR_MIN_GAIN, choose_mirror
@@ -345,3 +360,45 @@ def test_weight_average_is_scored_beside_each_epoch_and_kept_only_when_better(ta
     assert selection_score(fer, pred, len(LABELS)) == pytest.approx(kept, abs=1e-4)
     with pytest.raises(ValueError, match="weight_average"):
         fit_hybrid(data, fer, TINY, {**opts, "weight_average": 1.0}, progress=False)
+
+
+def test_distill_trains_towards_the_teachers_probabilities(tables) -> None:
+    from meshfer.hybrid import HybridData, fit_hybrid, predict_hybrid, prepare_hybrid
+    from meshfer.training.hybrid import HYBRID_FEATURE_SET
+
+    fer = prepare_hybrid(tables["fer"], HYBRID_FEATURE_SET, LABELS, "fer2013")
+    photos = prepare_hybrid(tables["photos"], HYBRID_FEATURE_SET, LABELS, "photos")
+    data = HybridData.concat([fer, photos])
+    # a teacher that calls every face "happy" and every mirror image "sad": with distill=1 the labels
+    # are ignored and the mirror images' targets are used for the mirrored half of each epoch
+    happy, sad = LABELS.index("happy"), LABELS.index("sad")
+    plain = np.eye(len(LABELS), dtype=np.float32)[np.full(len(data), happy)]
+    mirror = np.eye(len(LABELS), dtype=np.float32)[np.full(len(data), sad)]
+    opts = {"epochs": 12, "batch_size": 8, "threads": 1, "label_smoothing": 0.0, "distill": 1.0, "learning_rate": 1e-2}
+    from dataclasses import replace
+
+    # (the kept epoch is chosen on held-out faces: here labelled as the teacher says)
+    result = fit_hybrid(data, replace(fer, y=np.full(len(fer), happy)), TINY, opts, progress=False, teacher=(plain, plain))
+    pred = predict_hybrid(result.model, data.crops, data.x).argmax(axis=1)
+    assert np.mean(pred == happy) > 0.9
+    result = fit_hybrid(data, replace(fer, y=np.full(len(fer), sad)), TINY, opts, progress=False, teacher=(mirror, mirror))
+    pred = predict_hybrid(result.model, data.crops, data.x).argmax(axis=1)
+    assert np.mean(pred == sad) > 0.9
+    with pytest.raises(ValueError, match="teacher"):
+        fit_hybrid(data, fer, TINY, {**opts, "epochs": 1}, progress=False)
+    with pytest.raises(ValueError, match="teacher probabilities"):
+        fit_hybrid(data, fer, TINY, {**opts, "epochs": 1}, progress=False, teacher=(plain[:3], plain[:3]))
+
+
+def test_teacher_probabilities_are_the_exported_models_on_both_views(trained) -> None:
+    from meshfer.models.onnx import HybridOnnxModel
+    from meshfer.training.hybrid import teacher_probabilities
+
+    _, card, data, _, _ = trained
+    plain, mirror = teacher_probabilities([card.path, card.path], data)
+    model = HybridOnnxModel(card)
+    assert np.allclose(plain, model.predict_proba(data.x, data.crops), atol=1e-6)
+    assert np.allclose(mirror, model.predict_proba(data.x_mirror, data.crops[:, :, ::-1]), atol=1e-6)
+    assert not np.allclose(plain, mirror)
+    with pytest.raises(ModelError, match="split seed"):
+        teacher_probabilities([card.path], data, seed=5)

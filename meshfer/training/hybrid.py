@@ -158,6 +158,37 @@ def export_hybrid(
     return card, metrics
 
 
+def teacher_probabilities(cards: Sequence[str | Path], data: Any, *, held_out_images: int | None = None,
+                          seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The mean probabilities of exported hybrid models (their card files) for every face of ``data``
+    (:class:`meshfer.hybrid.HybridData`) and for its mirror image: the teacher of
+    ``--option distill``. A teacher must have been trained with the same split (``seed`` and the
+    number of ``held_out_images`` its card records), or it would pass on what it learnt from this
+    run's held-out images."""
+    from ..errors import ModelError
+    from ..models.card import ModelCard
+    from ..models.onnx import HybridOnnxModel
+
+    plain, mirror = [], []
+    for path in cards:
+        card = ModelCard.load(path)
+        td = card.training_data
+        if seed is not None and td.get("seed") != seed:
+            raise ModelError(f"{path}: teacher trained with split seed {td.get('seed')}, this run uses {seed}")
+        if held_out_images is not None and td.get("held_out_images") != held_out_images:
+            raise ModelError(f"{path}: teacher held out {td.get('held_out_images')} training images, this run "
+                             f"{held_out_images}: not the same split")
+        model = HybridOnnxModel(card)
+        if list(card.labels) != list(data.labels):
+            raise ModelError(f"{path}: teacher labels {card.labels} differ from {list(data.labels)}")
+        if card.feature_set != data.feature_set:
+            raise ModelError(f"{path}: teacher reads {card.feature_set}, this run {data.feature_set}")
+        mirrored = model.needs_mirror
+        plain.append(model.predict_proba(data.x, data.crops, data.x_mirror if mirrored else None))
+        mirror.append(model.predict_proba(data.x_mirror, data.crops[:, :, ::-1], data.x if mirrored else None))
+    return np.mean(plain, axis=0), np.mean(mirror, axis=0)
+
+
 def _headline(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {f"{prefix}{k}": float(metrics[k]) for k in ("accuracy", "accuracy_on_faces", "coverage", "macro_f1")}
     out[f"{prefix}n_images"] = int(metrics["n_images"])
@@ -172,6 +203,9 @@ def train(name: str, config: Any) -> Any:
     Options (``--option key=value``): ``photos_train_dir`` (ordinary photos added to training, 10 %
     of them held out with the FER-2013 held-out images), ``photos_dir`` (photos reported on as
     ``<folder name>_*``, e.g. ``muxspace_macro_f1``), ``exclude_copies`` (default true), ``feature_set``,
+    ``teacher`` (exported hybrid models' card files, comma-separated, trained with the same split:
+    each training face's target mixes its label with their probabilities, ``distill`` share, 0.5
+    unless given; ``photos_teacher`` the same for the photos, default ``teacher``),
     any architecture option of :data:`meshfer.hybrid.DEFAULT_HPARAMS` (``branches=pixels``, ``stages``,
     ...) and any training option of :data:`meshfer.hybrid.DEFAULT_TRAINING` (``epochs``,
     ``max_minutes``, ``photo_weight``, ...)."""
@@ -186,6 +220,8 @@ def train(name: str, config: Any) -> Any:
     exclude_copies = as_bool(options.pop("exclude_copies", True))
     feature_set = str(options.pop("feature_set", HYBRID_FEATURE_SET))
     mirror_choice = str(options.pop("mirror_tta", "auto")).strip().lower()
+    teachers = [p for p in str(options.pop("teacher", "")).split(",") if p.strip()]
+    photos_teachers = [p for p in str(options.pop("photos_teacher", "")).split(",") if p.strip()] or teachers
     choose_mirror({"plain": 0.0, "mirror_averaged": 0.0}, mirror_choice)  # a wrong value fails before training
     hparams = {k: options.pop(k) for k in list(options) if k in DEFAULT_HPARAMS}
     training = {k: options.pop(k) for k in list(options) if k in DEFAULT_TRAINING}
@@ -193,7 +229,7 @@ def train(name: str, config: Any) -> Any:
         training["augment"] = as_bool(training["augment"])
     if options:
         valid = sorted([*DEFAULT_HPARAMS, *DEFAULT_TRAINING, "photos_train_dir", "photos_dir", "exclude_copies",
-                        "feature_set", "mirror_tta"])
+                        "feature_set", "mirror_tta", "teacher", "photos_teacher"])
         raise KeyError(f"unknown hybrid option(s) {', '.join(sorted(options))}; valid: {', '.join(valid)}")
 
     train_table = load_meshes(config.train_dir, config)
@@ -229,7 +265,22 @@ def train(name: str, config: Any) -> Any:
     if not len(train_data):
         raise ValueError(f"{config.train_dir}: no training faces")
 
-    results = fit_members(train_data, held_data, hparams, training, seed=config.seed)
+    teacher = None
+    if teachers:
+        training.setdefault("distill", 0.5)
+        teacher = tuple(np.zeros((len(train_data), len(labels)), np.float32) for _ in range(2))
+        n_held = len(held_table)
+        for dom, cards in (("fer2013", teachers), (PHOTOS, photos_teachers)):
+            rows = np.flatnonzero(train_data.domain == dom)
+            if len(rows):
+                for t, p in zip(teacher, teacher_probabilities(cards, train_data.subset(rows), seed=config.seed,
+                                                               held_out_images=n_held)):
+                    t[rows] = p
+        training_data["teacher"] = {"fer2013": [short_path(Path(p)) for p in teachers],
+                                    PHOTOS: [short_path(Path(p)) for p in photos_teachers] if photos_train_dir else [],
+                                    "note": "trained on the same fit images (same split); never on held-out, "
+                                    "validation or reported photos"}
+    results = fit_members(train_data, held_data, hparams, training, seed=config.seed, teacher=teacher)
     models = [r.model for r in results]
 
     # Mirror averaging (the face and its mirror image) doubles the network's time: it is kept when it
