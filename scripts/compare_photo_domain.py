@@ -13,7 +13,10 @@ validation accuracy / macro-F1 and PHOTOS_DIR accuracy / macro-F1 / recall per c
 of PHOTOS_TRAIN_DIR that ``meshfer train hybrid`` fits on (class-balanced log-loss among the classes
 those photos hold, neutral, happy and surprised; 0 for the others, which they do not show). For a
 model trained on those photos the fit is on its own training images. ``--average``: the mean of
-the first two cards' probabilities as well. ``--bootstrap N``: how far the held-out selection score can
+the first two cards' probabilities as well. ``--members``: each network of the first two cards on its own
+and the two cross pairs (the first card's network 0 with the second's network 1, and the other way round):
+what one run training its two members on different data would give, since each member's training is
+deterministic. ``--bootstrap N``: how far the held-out selection score can
 be trusted to tell the rows apart: N resamples of the held-out images (with replacement, within each
 domain), the score of every row minus the first row's on the same resample (a paired bootstrap),
 with its 95 % interval and how often the row comes out ahead.
@@ -59,6 +62,29 @@ def _reweight(proba: np.ndarray, b: np.ndarray, rows: np.ndarray | None = None) 
     return out / out.sum(axis=1, keepdims=True)
 
 
+def member_probabilities(model, data: HybridData, batch: int = 256) -> list[np.ndarray]:
+    """The probabilities of each network averaged in an exported hybrid model (its graph's
+    ``m<i>_probabilities``, made graph outputs here), for ``data``'s faces."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from meshfer.crops import standardize
+
+    graph = onnx.load(str(model.card.path.parent / model.card.file))
+    names = [n.output[0] for n in graph.graph.node if n.output[0].endswith("_probabilities")]
+    if not names:  # one network
+        return [model.predict_proba(data.x, data.crops)]
+    for name in names:
+        graph.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", len(model.card.labels)]))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    parts = [session.run(names, {"crop": standardize(data.crops[i:i + batch]), "mesh": data.x[i:i + batch]})
+             for i in range(0, len(data), batch)]
+    return [np.concatenate([p[j] for p in parts]).astype(np.float64) for j in range(len(names))]
+
+
 def _report(data: HybridData, proba: np.ndarray, labels: list[str]) -> tuple[float, float, dict[str, float]]:
     """Accuracy and macro-F1 over every image (no face = wrong), recall per class."""
     pred = np.full(len(data.y_all), -1)
@@ -80,6 +106,8 @@ def main() -> None:
     parser.add_argument("cards", nargs="+", type=Path)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--average", action="store_true", help="also the mean of the first two cards")
+    parser.add_argument("--members", action="store_true",
+                        help="also each network of the first two cards alone and their cross pairs")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
                         help="paired bootstrap of the held-out score against the first row (N resamples)")
     args = parser.parse_args()
@@ -105,6 +133,17 @@ def main() -> None:
     if args.average and len(models) > 1:
         a, b = list(outputs)[:2]
         outputs[f"mean of {a} and {b}"] = {key: 0.5 * (outputs[a][key] + outputs[b][key]) for key in sets}
+
+    if args.members and len(models) > 1:
+        a, b = list(outputs)[:2]
+        per = {name: {key: member_probabilities(m, d) for key, d in sets.items()}
+               for name, m in zip((a, b), models[:2])}
+        for name in (a, b):
+            for i in range(len(per[name]["held"])):
+                outputs[f"{name} network {i}"] = {key: per[name][key][i] for key in sets}
+        if len(per[a]["held"]) == len(per[b]["held"]) == 2:
+            outputs[f"{a} net 0 + {b} net 1"] = {key: 0.5 * (per[a][key][0] + per[b][key][1]) for key in sets}
+            outputs[f"{b} net 0 + {a} net 1"] = {key: 0.5 * (per[b][key][0] + per[a][key][1]) for key in sets}
 
     photo_rows = held.domain == "photos"
     fer_rows = ~photo_rows
