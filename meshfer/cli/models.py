@@ -35,13 +35,21 @@ def run(args: argparse.Namespace) -> int:
     if not cards:
         print("no models installed")
         return 0
-    print(f"{'name':<22} {'task':<11} {'default':<8} {'format':<12} {'features':<22} metrics")
-    for card in cards:
-        metrics = ", ".join(
-            f"{k} {card.metrics[k]:.3f}" for k in _HEADLINE if isinstance(card.metrics.get(k), (int, float))
+    rows = [
+        (
+            card.name,
+            card.task,
+            "yes" if card.default else "",
+            card.format,
+            card.feature_set,
+            ", ".join(
+                f"{k} {card.metrics[k]:.3f}" for k in _HEADLINE if isinstance(card.metrics.get(k), (int, float))
+            ),
         )
-        print(
-            f"{card.name:<22} {card.task:<11} {'yes' if card.default else '':<8} {card.format:<12} "
-            f"{card.feature_set:<22} {metrics}"
-        )
+        for card in cards
+    ]
+    header = ("name", "task", "default", "format", "features", "metrics")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[-1])
     return 0
