@@ -29,9 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._io import check_writable, os_reason
+from ._io import DISK_FULL_ERRNOS, check_writable, os_reason
 from .datasets import augmented_name, is_augmented
-from .errors import DatasetError, ImageReadError, OutputError
+from .errors import DatasetError, ImageReadError, ImageSizeError, OutputError
 from .images import file_problem, is_image_file, read_image
 
 __all__ = ["AugmentStats", "MIN_SIDE", "build_transform", "augment_image", "augment_folder", "augmented_tree"]
@@ -83,7 +83,15 @@ def _copy_seed(seed: int, name: str, copy: int) -> int:
 
 
 def augment_image(image: np.ndarray, seed: int, transform: Any | None = None) -> np.ndarray:
-    """One augmented copy of an RGB (or grey) uint8 image, determined by ``seed``."""
+    """One augmented copy of an RGB (or grey) uint8 image, determined by ``seed``. Raises
+    :class:`~meshfer.errors.ImageSizeError` (naming the size) for an image with a side shorter
+    than :data:`MIN_SIDE` pixels, or an array that is not an image."""
+    shape = getattr(image, "shape", None)
+    if shape is None or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+        raise ImageSizeError(f"not an image array (shape {shape}): expected (height, width) or (height, width, 3)")
+    h, w = int(shape[0]), int(shape[1])
+    if min(h, w) < MIN_SIDE:
+        raise ImageSizeError(f"image too small to augment ({w}x{h} pixels; at least {MIN_SIDE} on each side)")
     transform = transform or build_transform()
     transform.set_random_seed(seed)
     return transform(image=image)["image"]
@@ -124,6 +132,20 @@ def _write_new(target: Path, data: bytes) -> bool:
         return True
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _remedy(exc: OSError) -> str:
+    """What to do about a write error in the folder: by its cause, not always 'free some space'."""
+    import errno
+
+    again = "run the same command again to finish"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"the folder is not writable (permission denied): make it writable and {again}"
+    if exc.errno == errno.EROFS:
+        return "the folder is on a read-only file system: nothing can be written there"
+    if exc.errno in DISK_FULL_ERRNOS:
+        return f"free some space and {again}"
+    return f"fix that and {again}"
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
@@ -227,7 +249,7 @@ def augment_folder(
                     made = len(stats.written) + len(stats.already_there)
                     raise OutputError(
                         f"{folder}: cannot write {target.name} ({os_reason(exc)}); {made} of {total} copies are there, "
-                        f"each complete; free some space and run the same command again to finish"
+                        f"each complete; {_remedy(exc)}"
                     ) from None
                 stats.written.append(target)
                 done += 1

@@ -29,6 +29,7 @@ __all__ = [
     "random_forest_pipeline",
     "class_weights",
     "fit_pipeline",
+    "clamp_pca",
 ]
 
 
@@ -158,6 +159,22 @@ def class_weights(y: np.ndarray, power: float = 1.0) -> np.ndarray:
     return sample / sample.mean()
 
 
+def clamp_pca(pipeline: Any, shape: tuple[int, ...], say: Callable[[str], None] | None = None) -> int | None:
+    """Lower the width of ``pipeline``'s PCA step to what data of ``shape`` (samples, features)
+    allows (``min(n_samples, n_features)``), saying so (``say``, default: print); returns the width
+    used, None without a PCA step. A few images per class then fit instead of failing."""
+    steps = dict(getattr(pipeline, "steps", []))
+    pca = steps.get("pca")
+    if pca is None or not isinstance(pca.n_components, (int, np.integer)):
+        return None
+    limit = int(min(shape[0], shape[1])) if len(shape) == 2 else int(pca.n_components)
+    if pca.n_components > limit:
+        (say or print)(f"PCA width {pca.n_components} lowered to {limit}: the data has {shape[0]} samples "
+                       f"and {shape[1]} features")
+        pca.set_params(n_components=max(1, limit))
+    return int(pca.n_components)
+
+
 def fit_pipeline(
     pipeline: Any,
     x: np.ndarray,
@@ -180,6 +197,7 @@ def fit_pipeline(
 
     from sklearn.exceptions import ConvergenceWarning
 
+    clamp_pca(pipeline, np.shape(x))
     fit_params = {} if sample_weight is None else {f"{pipeline.steps[-1][0]}__sample_weight": sample_weight}
     with warnings.catch_warnings():
         # The MLPs train for a fixed number of epochs on purpose (tol=0): "not converged" is expected.

@@ -140,10 +140,16 @@ def scan_dataset(
     a problem, not an error.
     """
     root = Path(root).expanduser()
-    if not root.exists():
-        raise DatasetError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder")
+    kind = _kind_of(root)
+    if kind != "dir":
+        from .images import file_problem
+
+        problem = file_problem(root) if kind is None else None
+        if problem == "no such file":
+            problem = "no such folder"
+        elif problem is None or problem.startswith("not a regular file"):
+            problem = "not a folder"
+        raise DatasetError(f"{root}: {problem}")
     folders = {
         p.name[len(prefix):]: p for p in sorted(root.iterdir()) if p.is_dir() and p.name.startswith(prefix)
     }
@@ -177,6 +183,19 @@ def scan_dataset(
     return Dataset(root, records, wanted, problems)
 
 
+def _kind_of(path: Path) -> str | None:
+    """'dir', 'file' (regular files and links to them) or None (anything else, and paths that cannot
+    be looked at: missing, a name over the system's limit, a link loop, no permission)."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name
+        return None
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else None
+
+
 def scan_paths(inputs: Iterable[str | Path]) -> Dataset:
     """Unlabelled images from files and folders (folders expand to their images, recursively).
 
@@ -190,13 +209,19 @@ def scan_paths(inputs: Iterable[str | Path]) -> Dataset:
     problems: list[Problem] = []
     for item in inputs:
         p = Path(item).expanduser()
-        if p.is_dir():
+        kind = _kind_of(p)
+        if kind == "dir":
             images = []
-            for q in sorted(p.rglob("*")):
+            try:
+                entries = sorted(p.rglob("*"))
+            except OSError as exc:
+                problems.append(Problem(str(p), f"cannot list folder ({exc.strerror or exc})"))
+                continue
+            for q in entries:
                 rel = q.relative_to(p).parts
-                if q.name.startswith(".") or q.is_dir():
+                if q.name.startswith(".") or _kind_of(q) == "dir":
                     continue
-                if is_image_file(q) and q.is_file():
+                if is_image_file(q) and _kind_of(q) == "file":
                     images.append(q)
                 elif not any(part.startswith(".") for part in rel):
                     reason = file_problem(q) if is_image_file(q) else None
@@ -204,9 +229,9 @@ def scan_paths(inputs: Iterable[str | Path]) -> Dataset:
             if not images:
                 problems.append(Problem(str(p), "folder holds no images"))
             records.extend(ImageRecord(q, "", group_of(q)) for q in images)
-        elif p.is_file():
+        elif kind == "file":
             records.append(ImageRecord(p, "", group_of(p)))
-        else:
+        else:  # missing, too long a name, a link loop, a FIFO, ...: the reason, and on with the rest
             reason = file_problem(p)
             problems.append(Problem(str(p), "no such file or folder" if reason in (None, "no such file") else reason))
     return Dataset(None, records, [], problems)

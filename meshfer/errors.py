@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "MeshferError",
     "ImageReadError",
+    "ImageSizeError",
     "DatasetError",
     "LandmarkerModelError",
     "ModelError",
@@ -25,6 +26,10 @@ class ImageReadError(MeshferError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class ImageSizeError(MeshferError, ValueError):
+    """An image (an array) whose size does not suit the operation, e.g. too small to augment."""
 
 
 class DatasetError(MeshferError):

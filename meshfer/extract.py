@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ._io import check_writable, os_reason
+from ._io import check_writable, os_reason, output_lock
 from .crops import DEFAULT_CROP, CropSpec
 from .datasets import EXPRESSION_PREFIX, Dataset, ImageRecord, scan_dataset, scan_paths
 from .errors import ImageReadError, LandmarkerModelError, MeshferError, OutputError, Terminated
@@ -184,7 +184,9 @@ def _parts_dir(output: Path) -> Path:
     return output.with_name(output.name + ".parts")
 
 
-def _load_cache(output: Path | None, meta: dict[str, Any]) -> tuple[list[MeshTable], MeshTable | None]:
+def _load_cache(
+    output: Path | None, meta: dict[str, Any], option: str | None = None
+) -> tuple[list[MeshTable], MeshTable | None]:
     """Earlier results in the output file and in leftover checkpoint parts, when they were made
     with the same landmarker model, attempts and crops (otherwise everything is extracted
     again); and the output file's own table (None when there is none)."""
@@ -197,7 +199,8 @@ def _load_cache(output: Path | None, meta: dict[str, Any]) -> tuple[list[MeshTab
             raise OutputError(f"{output}: exists and is not a regular file; choose another output file")
         if not MeshTable.is_meshtable_file(output):
             raise MeshferError(
-                f"{output}: exists and is not a meshfer mesh file; refusing to overwrite it (choose another -o)"
+                f"{output}: exists and is not a meshfer mesh file; refusing to overwrite it "
+                f"(choose another {f'{option} file' if option else 'output file'})"
             )
         existing = MeshTable.load(output)
         tables.append(existing)
@@ -334,6 +337,7 @@ def extract(
     other_rows: str = "keep",
     on_message: Callable[[str], None] | None = _print_message,
     engine: str | Any | None = None,
+    output_option: str | None = None,
 ) -> MeshTable:
     """Face meshes for every image of ``source``, in the source's order.
 
@@ -357,7 +361,41 @@ def extract(
     ``engine``: ``"local"`` (worker processes on this machine), ``"ray"`` (a local Ray instance) or
     a :class:`~meshfer.ray_engine.RayEngine` (a cluster); None: ``$MESHFER_ENGINE``, else local.
     Nothing is sent to the engine when every image is in the cache.
+
+    ``output_option``: how the caller's user named ``output`` (``"-o"``, ``"--meshes"``), for the
+    messages about it. While it runs, ``extract`` holds ``.<output name>.lock`` beside it (see
+    :func:`meshfer._io.output_lock`): a second run on the same output file stops at once with an
+    :class:`~meshfer.errors.OutputError` saying which process holds it.
     """
+    kwargs = dict(
+        workers=workers, options=options, prefix=prefix, progress=progress, checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds, stats=stats, crops=crops, other_rows=other_rows,
+        on_message=on_message, engine=engine, output_option=output_option,
+    )
+    if output is None:
+        return _extract(source, None, **kwargs)
+    with output_lock(output, what="mesh file"):
+        return _extract(source, output, **kwargs)
+
+
+def _extract(
+    source: str | Path | Dataset | Iterable[str | Path],
+    output: str | Path | None = None,
+    *,
+    workers: int | None = None,
+    options: LandmarkerOptions | None = None,
+    prefix: str = EXPRESSION_PREFIX,
+    progress: bool = True,
+    checkpoint_every: int = 512,
+    checkpoint_seconds: float = 2.0,
+    stats: ExtractStats | None = None,
+    crops: bool | CropSpec = True,
+    other_rows: str = "keep",
+    on_message: Callable[[str], None] | None = _print_message,
+    engine: str | Any | None = None,
+    output_option: str | None = None,
+) -> MeshTable:
+    """:func:`extract`, with the output's lock held."""
     if other_rows not in OTHER_ROWS:
         raise ValueError(f"other_rows must be one of {OTHER_ROWS}, got {other_rows!r}")
     t_start = time.perf_counter()
@@ -386,7 +424,7 @@ def extract(
         "meshfer_version": __version__,
     }
 
-    tables, existing = _load_cache(out_path, meta)
+    tables, existing = _load_cache(out_path, meta, output_option)
     cached, index = _index_cache(tables)
     others = _other_rows(cached, records) if other_rows != "drop" else np.zeros(0, np.int64)
     refused = others
@@ -402,7 +440,8 @@ def extract(
         raise OutputError(
             f"{out_path}: holds the meshes of {len(others)} other images, not in this data"
             f"{f' (it was made from {made_from})' if made_from else ''}, e.g. {example}; refusing to drop them "
-            "(choose another output file, or pass --overwrite to replace it)"
+            f"(choose another {f'{output_option} file' if output_option else 'output file'}, or pass --overwrite "
+            "to replace it)"
         )
     todo: list[int] = []
     source_rows: list[tuple[str, int]] = []  # ('cache', row in cached) or ('new', record index)
@@ -733,6 +772,7 @@ def extract_folder(
     options: LandmarkerOptions | None = None,
     progress: bool = True,
     engine: str | Any | None = None,
+    output_option: str | None = None,
 ) -> MeshTable:
     """Face meshes of a labelled data folder, at most ``per_class`` images per label (a
     reproducible random sample), cached in ``cache_dir`` (see :func:`cache_file`) when given.

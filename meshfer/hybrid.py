@@ -39,6 +39,8 @@ __all__ = [
     "HybridData",
     "prepare_hybrid",
     "augment_crops",
+    "epoch_inputs",
+    "train_epoch",
     "FitResult",
     "fit_hybrid",
     "fit_members",
@@ -332,6 +334,21 @@ def augment_crops(crops: np.ndarray, rng: np.random.Generator, strength: float =
     return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def epoch_inputs(train: HybridData, rng: np.random.Generator, augment: bool = True,
+                 strength: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One epoch's training inputs ``(crops, x, order, flipped)``: a random half of the faces
+    mirrored (crop and mesh), every crop varied (:func:`augment_crops`) when ``augment``, in a random
+    ``order`` (rows of ``train``); ``flipped`` tells which of them were mirrored."""
+    flip = rng.random(len(train)) < 0.5
+    crops = train.crops.copy()
+    crops[flip] = crops[flip][:, :, ::-1]
+    if augment:
+        crops = augment_crops(crops, rng, strength)
+    x = np.where(flip[:, None], train.x_mirror, train.x)
+    order = rng.permutation(len(train))
+    return crops[order], x[order], order, flip[order]
+
+
 def _inputs(model: Any, crops: np.ndarray, x: np.ndarray) -> dict[str, np.ndarray]:
     names = {t.name.split(":")[0] for t in model.inputs}
     out: dict[str, np.ndarray] = {}
@@ -340,6 +357,21 @@ def _inputs(model: Any, crops: np.ndarray, x: np.ndarray) -> dict[str, np.ndarra
     if "mesh" in names:
         out["mesh"] = np.asarray(x, np.float32)
     return out
+
+
+def train_epoch(train_model: Any, model: Any, crops: np.ndarray, x: np.ndarray, target: np.ndarray,
+                weights: np.ndarray, batch: int, aux: bool) -> list[float]:
+    """One pass over an epoch's inputs, batch by batch (``train_on_batch``: one ``fit()`` call per
+    epoch would build a new input pipeline each time, and TensorFlow keeps some memory of every one);
+    ``aux``: ``train_model`` also has the auxiliary head, trained on the same targets. The batches'
+    losses."""
+    losses = []
+    for b0 in range(0, len(x), batch):
+        sl = slice(b0, b0 + batch)
+        out = train_model.train_on_batch(_inputs(model, crops[sl], x[sl]), [target[sl], target[sl]] if aux
+                                         else target[sl], sample_weight=weights[sl])
+        losses.append(float(out[0] if isinstance(out, (list, tuple)) else out))
+    return losses
 
 
 def predict_hybrid(model: Any, crops: np.ndarray, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -571,15 +603,7 @@ def fit_hybrid(
         return adjust_to_domains(proba, held_out.domain, ratios).argmax(axis=1)
 
     def draw(r: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """One epoch's training inputs: a random half mirrored (crop and mesh), every crop varied."""
-        flip = r.random(len(train)) < 0.5
-        crops = train.crops.copy()
-        crops[flip] = crops[flip][:, :, ::-1]
-        if opts["augment"] and hp["branches"] != "mesh":
-            crops = augment_crops(crops, r, float(opts["augment_strength"]))
-        x = np.where(flip[:, None], train.x_mirror, train.x)
-        order = r.permutation(len(train))
-        return crops[order], x[order], order, flip[order]
+        return epoch_inputs(train, r, bool(opts["augment"]) and hp["branches"] != "mesh", float(opts["augment_strength"]))
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -594,19 +618,12 @@ def fit_hybrid(
             crops, x, order, flipped = pending.result()
             if epoch + 1 < epochs:
                 pending = pool.submit(draw, np.random.default_rng(seeds[epoch + 1]))
-            # Batch by batch (train_on_batch): one fit() call per epoch would build a new input
-            # pipeline each time, and TensorFlow keeps some memory of every one of them.
             target, w = onehot[order], weights[order]
             if distill > 0:
                 assert teacher is not None
                 soft = np.where(flipped[:, None], teacher[1][order], teacher[0][order])
                 target = (1.0 - distill) * target + distill * soft
-            losses = []
-            for b0 in range(0, len(order), batch):
-                sl = slice(b0, b0 + batch)
-                out = train_model.train_on_batch(_inputs(model, crops[sl], x[sl]), [target[sl], target[sl]] if aux
-                                                 else target[sl], sample_weight=w[sl])
-                losses.append(float(out[0] if isinstance(out, (list, tuple)) else out))
+            losses = train_epoch(train_model, model, crops, x, target, w, batch, aux)
             pred = held_pred()
             f1 = _macro_f1(held_out.y, pred, k)
             acc = float(np.mean(pred == held_out.y)) if len(pred) else 0.0

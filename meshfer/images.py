@@ -16,6 +16,7 @@ JPEG data: ...") are given with the name of the file.
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import stat
@@ -23,6 +24,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,8 @@ from .errors import ImageReadError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "CANDIDATE_EXTENSIONS",
+    "readable_extensions",
     "MAX_SIDE",
     "MAX_PIXELS",
     "MAX_DECODE_BYTES",
@@ -44,9 +48,12 @@ __all__ = [
     "limit_size",
 ]
 
-#: File name extensions that meshfer treats as images (lower case).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2"}
+#: The file name extensions of still-image formats that meshfer may read (lower case). Which of
+#: them it does read depends on the decoders installed: see :func:`readable_extensions` and
+#: :data:`IMAGE_EXTENSIONS`.
+CANDIDATE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".gif",
+    ".pgm", ".ppm", ".pbm", ".pnm", ".jp2", ".j2k", ".avif", ".heic", ".heif", ".hif", ".jxl",
 )
 
 #: Images larger than this on their longer side are shrunk before detection: MediaPipe works at
@@ -65,9 +72,101 @@ _SCALES = (8, 4, 2)
 _REDUCED_FLAGS = {2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
 
 
+def _pillow() -> Any:
+    """PIL.Image, with the HEIF/HEIC opener of pillow-heif registered when that is installed."""
+    global _heif_tried
+    from PIL import Image
+
+    if not _heif_tried:
+        _heif_tried = True
+        try:
+            import pillow_heif  # type: ignore[import-not-found]
+
+            pillow_heif.register_heif_opener()
+        except Exception:  # not installed, or too old / new for this Pillow
+            pass
+    return Image
+
+
+_heif_tried = False
+
+
+def _sample_image() -> np.ndarray:
+    """A small grey test picture for the decoders' round trips (a gradient: not a flat image)."""
+    y, x = np.mgrid[0:64, 0:64]
+    return ((x * 3 + y * 2) % 256).astype(np.uint8)
+
+
+def _opencv_reads(ext: str) -> bool:
+    """OpenCV decodes what it encodes as ``ext`` (so both its codec and the extension are known)."""
+    import cv2
+
+    with captured_stderr():  # OpenCV logs a format it cannot encode on stderr
+        try:
+            if not cv2.haveImageWriter("x" + ext):
+                return False
+            ok, buf = cv2.imencode(ext, _sample_image())
+            if not ok:
+                return False
+            image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        except (cv2.error, SystemError, ValueError):
+            return False
+    return image is not None and image.shape[:2] == (64, 64)
+
+
+def _pillow_reads(ext: str) -> bool:
+    """Pillow opens files named ``ext``: by a round trip where it also writes the format, else
+    when its plugin for the format is a real decoder (not a stub that needs another library)."""
+    import io
+    import warnings
+
+    try:
+        Image = _pillow()
+        from PIL import ImageFile
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+        return False
+    Image.init()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.OPEN:
+        return False
+    factory = Image.OPEN[fmt][0]
+    if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile):
+        return False
+    if fmt not in Image.SAVE:
+        return True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            buf = io.BytesIO()
+            Image.fromarray(_sample_image()).convert("RGB").save(buf, format=fmt)
+            buf.seek(0)
+            with Image.open(buf) as im:
+                im.load()
+                return im.size == (64, 64)
+    except Exception:  # a plugin that is there but whose codec is not
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def readable_extensions() -> frozenset[str]:
+    """The extensions of :data:`CANDIDATE_EXTENSIONS` that the installed decoders read (OpenCV
+    first, then Pillow, as :func:`read_image` tries them): found once per process by a round trip
+    of a small picture through each format where the decoder also writes it. With the usual
+    builds: JPEG, PNG, BMP, WebP, TIFF, GIF, the PNM formats and JPEG 2000; AVIF with an OpenCV or
+    Pillow (11.3+) built with it; HEIC/HEIF once pillow-heif is installed."""
+    return frozenset(ext for ext in CANDIDATE_EXTENSIONS if _opencv_reads(ext) or _pillow_reads(ext))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "IMAGE_EXTENSIONS":  # computed on first use: it imports the decoders
+        return readable_extensions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def is_image_file(path: str | Path) -> bool:
-    """True when the file name has an image extension (the content is not checked)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    """True when the file name has the extension of an image format that the installed decoders
+    read (:data:`IMAGE_EXTENSIONS`, from :func:`readable_extensions`); the content is not checked."""
+    return Path(path).suffix.lower() in readable_extensions()
 
 
 def _kind(mode: int) -> str:
@@ -91,6 +190,8 @@ def file_problem(path: str | Path) -> str | None:
     path = Path(path)
     try:
         st = os.stat(path)
+    except ValueError:  # a NUL byte: no file can have this name
+        return "not a valid file name (it holds a NUL byte)"
     except FileNotFoundError:
         if os.path.islink(path):
             return "dangling symbolic link (its target does not exist)"
@@ -101,11 +202,24 @@ def file_problem(path: str | Path) -> str | None:
         if exc.errno == errno.ELOOP:
             return "symbolic link loop"
         if exc.errno == errno.ENAMETOOLONG:
-            return "file name too long"
+            return _too_long(path)
         return f"cannot read file ({exc.strerror or exc})"
     if stat.S_ISREG(st.st_mode):
         return None
     return _kind(st.st_mode)
+
+
+def _too_long(path: Path) -> str:
+    """The reason for ENAMETOOLONG: which name of the path is over the system's limit."""
+    raw = os.fsencode(path)
+    try:
+        name_max = os.pathconf(os.path.dirname(os.path.abspath(raw)) or b"/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > name_max:
+        return f"file name too long (a name in the path has {len(longest)} bytes; the system's limit is {name_max})"
+    return f"file name too long (the path has {len(raw)} bytes, over the system's limit)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,7 +313,7 @@ def _probe_pillow(b: bytes) -> ImageHeader | None:
     import warnings
 
     try:
-        from PIL import Image
+        Image = _pillow()
     except ImportError:  # pragma: no cover - Pillow comes with matplotlib
         return None
     try:
@@ -353,7 +467,8 @@ def _decode_with_pillow(data: np.ndarray, name: str, header: ImageHeader | None,
     import warnings
 
     try:
-        from PIL import Image, ImageOps
+        Image = _pillow()
+        from PIL import ImageOps
     except ImportError:  # pragma: no cover - Pillow comes with matplotlib
         raise ImageReadError(name, "not a readable image") from None
     try:

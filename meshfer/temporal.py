@@ -56,6 +56,11 @@ EYE_CLOSED = "closed"
 MOUTH_OPEN = "open"
 
 
+#: The range of the gaze on each axis (MediaPipe's blendshape gaze; the gaze model's outputs are
+#: clipped to it).
+GAZE_RANGE = (-1.0, 1.0)
+
+
 @dataclass(frozen=True)
 class AttentionBox:
     """The central gaze box: gaze x in [xmin, xmax] and y in [ymin, ymax] counts as attentive.
@@ -76,17 +81,45 @@ class AttentionBox:
 
     @classmethod
     def parse(cls, text: str) -> "AttentionBox":
-        """``"X,Y"`` (half-widths of a centred box) or ``"XMIN,XMAX,YMIN,YMAX"``."""
+        """``"X,Y"`` (half-widths of a centred box) or ``"XMIN,XMAX,YMIN,YMAX"``. Refuses (ValueError)
+        an empty box, and one that covers the whole gaze range (:data:`GAZE_RANGE`: every frame
+        attentive, as ``5,1`` read as a point would give) or lies outside it."""
         try:
             values = [float(v) for v in text.replace(" ", "").split(",")]
         except ValueError:
             raise ValueError(f"attention box {text!r}: expected numbers 'X,Y' or 'XMIN,XMAX,YMIN,YMAX'") from None
+        if len(values) not in (2, 4):
+            raise ValueError(f"attention box {text!r}: expected 2 numbers 'X,Y' or 4 'XMIN,XMAX,YMIN,YMAX'")
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"attention box {text!r}: the numbers must be finite")
         if len(values) == 2:
             x, y = (abs(v) for v in values)
-            return cls(-x, x, -y, y)
-        if len(values) == 4:
-            return cls(*values)
-        raise ValueError(f"attention box {text!r}: expected 2 numbers 'X,Y' or 4 'XMIN,XMAX,YMIN,YMAX'")
+            if x == 0 or y == 0:
+                raise ValueError(
+                    f"attention box {text!r}: an empty box (X,Y are the half-widths of a box centred on 0, not "
+                    "a point; both must be above 0, e.g. 0.4,0.4)"
+                )
+            box = cls(-x, x, -y, y)
+        else:
+            xmin, xmax, ymin, ymax = values
+            if not (xmin < xmax and ymin < ymax):
+                raise ValueError(
+                    f"attention box {text!r}: an empty box (XMIN must be below XMAX and YMIN below YMAX)"
+                )
+            box = cls(*values)
+        lo, hi = GAZE_RANGE
+        if box.xmin <= lo and box.xmax >= hi and box.ymin <= lo and box.ymax >= hi:
+            raise ValueError(
+                f"attention box {text!r}: covers the whole gaze range ({lo:g} to {hi:g} on each axis), so every "
+                "frame would count as attentive; X,Y are the half-widths of a box centred on 0, not a point "
+                "(e.g. 0.4,0.4)"
+            )
+        if box.xmax <= lo or box.xmin >= hi or box.ymax <= lo or box.ymin >= hi:
+            raise ValueError(
+                f"attention box {text!r}: lies outside the gaze range ({lo:g} to {hi:g} on each axis), so no "
+                "frame could count as attentive"
+            )
+        return box
 
     def contains(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Element-wise: inside the box (False for NaN)."""

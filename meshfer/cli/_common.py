@@ -25,6 +25,8 @@ class _GuardedStdout:
         self._stream = stream
 
     def _call(self, name: str, *args: Any) -> Any:
+        if self._stream is None:  # started with file descriptor 1 closed (`meshfer ... >&-`)
+            raise StdoutError("cannot write to standard output (it is closed)")
         try:
             return getattr(self._stream, name)(*args)
         except BrokenPipeError:
@@ -39,11 +41,15 @@ class _GuardedStdout:
         self._call("writelines", lines)
 
     def flush(self) -> None:
+        if self._stream is None:  # nothing was written: nothing to send
+            return
         self._call("flush")
 
     def silence(self) -> None:
         """Send what is still buffered, and anything later, to /dev/null (so that the interpreter's
         own flush at exit does not fail again)."""
+        if self._stream is None:
+            return
         try:
             fd = self._stream.fileno()
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -53,12 +59,45 @@ class _GuardedStdout:
             pass
 
     def __getattr__(self, name: str) -> Any:
+        if self._stream is None:
+            if name == "isatty":
+                return lambda: False
+            if name == "closed":
+                return True
+            raise StdoutError("cannot write to standard output (it is closed)")
         return getattr(self._stream, name)
+
+
+def _fill_closed_standard_fds() -> None:
+    """Put /dev/null on file descriptors 0, 1 and 2 where the program was started with them closed
+    (`meshfer ... >&-`): otherwise the next file opened (an output file, an image) would get the
+    number, and whatever a C library prints on stdout or stderr would go into it. Python has set
+    sys.stdout (or sys.stderr) to None for such a descriptor, and leaves it so: writing to it is an
+    error of its own (:class:`StdoutError`)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+        except OSError:  # pragma: no cover
+            return
+        if null == fd:
+            os.set_inheritable(fd, True)  # as a standard descriptor is: worker processes get it too
+            continue
+        try:
+            os.dup2(null, fd)
+        except OSError:  # pragma: no cover
+            pass
+        os.close(null)
 
 
 @contextlib.contextmanager
 def guarded_stdout() -> Iterator[_GuardedStdout]:
     """sys.stdout wrapped by :class:`_GuardedStdout` for the duration."""
+    _fill_closed_standard_fds()
     original = sys.stdout
     errors = getattr(original, "errors", None)
     try:  # a file name that is not valid UTF-8 must not end the run

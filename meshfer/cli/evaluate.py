@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     table = extract(dataset, args.meshes, workers=args.workers, options=landmarker_options(args),
                     progress=not args.no_progress, other_rows="drop" if args.overwrite else "refuse-foreign",
-                    engine=engine_from_args(args))
+                    engine=engine_from_args(args), output_option="--meshes")
     excluded = 0
     if reference is not None:
         copies = copies_of(table.paths, reference)

@@ -38,6 +38,13 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._io import output_lock
+
+    with output_lock(args.output, what="mesh file"):  # before the scan: a second run on -o stops at once
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..datasets import scan_dataset, scan_paths
     from ..extract import ExtractStats, extract
     from pathlib import Path
@@ -47,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         from ..datapaths import fixed_split
 
         dataset = fixed_split(root, prefix=args.prefix).dataset(args.split)
-    elif root.is_dir() and not any(c.is_dir() and c.name.startswith(args.prefix) for c in root.iterdir()):
+    elif _is_dir(root) and not any(c.is_dir() and c.name.startswith(args.prefix) for c in root.iterdir()):
         dataset = scan_paths([root])
     else:
         dataset = scan_dataset(root, args.prefix)
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         table = extract(
             dataset, args.output, workers=args.workers, options=landmarker_options(args),
             prefix=args.prefix, progress=not args.no_progress, stats=stats,
-            other_rows="drop" if args.overwrite else "refuse", engine=engine_from_args(args),
+            other_rows="drop" if args.overwrite else "refuse", engine=engine_from_args(args), output_option="-o",
         )
     except KeyboardInterrupt as exc:
         warn(f"interrupted: what was extracted is saved in {args.output}; run the same command again to go on")
@@ -76,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary))
     return 0
+
+
+def _is_dir(path: Any) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name over the system's limit, ...: scan_dataset says why
+        return False
 
 
 def format_summary(summary: dict[str, Any]) -> str:

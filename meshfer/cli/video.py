@@ -37,7 +37,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "tracks the face mesh (VIDEO mode) and the installed models give the expression, eye states, gaze and "
         "mouth state. Ends with a summary: faces found, expression shares, blinks and blinks per minute, PERCLOS "
         "(share of time with both eyes closed), speaking time and attention (share of frames with the gaze in "
-        "a central box). Ctrl-C (or q in the --show window) stops and still writes everything gathered.",
+        "a central box). Ctrl-C or SIGTERM (or q in the --show window) stops and still writes everything "
+        "gathered; the exit status is then 130 or 143 (0 for q), as for the other commands.",
     )
     p.add_argument("source", metavar="SOURCE", help="camera index (0, 1, ...) or video file")
     p.add_argument("--show", action="store_true", help="show the overlay in a window (needs a display)")
@@ -61,7 +62,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--attention-box",
         type=_box,
         metavar="X,Y | XMIN,XMAX,YMIN,YMAX",
-        help="gaze box counted as attentive (default -0.4,0.4,-0.4,0.4)",
+        help="gaze box counted as attentive: X,Y are the half-widths of a box centred on 0 (not a point), "
+        "or give its four edges; the gaze runs from -1 to 1 on each axis (default -0.4,0.4,-0.4,0.4)",
     )
     p.add_argument(
         "--max-blink",
@@ -86,12 +88,15 @@ class _Stop:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the first signal received
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        if self.signum is None:
+            self.signum = signum
 
     def __enter__(self) -> "_Stop":
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -144,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=source.frame_count, unit="frame", desc=f"Analysing {source.name}", dynamic_ncols=True)
 
     interrupted = False
+    signum: int | None = None  # the signal that stopped the run (its exit status: 128 + it, as predict's)
     failed: dict[str, str] = {}  # output -> why it could not be (fully) written
     n = 0
     frames_out, t_space = 0, 0.0  # frames written to --output; when its free space was last looked at
@@ -196,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.max_frames is not None and n >= args.max_frames:
                     break
             interrupted = stop.requested
+            signum = stop.signum
     finally:
         elapsed = time.perf_counter() - t_start
         if bar is not None:
@@ -254,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{what + ':':<17}{value}")
     for message in failed.values():
         warn(f"error: {message}")
+    if signum is not None:  # stopped by Ctrl-C (130) or SIGTERM (143), after saying what was gathered
+        return 128 + signum
     if n == 0:
         warn(f"{source.name}: no frames could be read")
         return 1
