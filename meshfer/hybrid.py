@@ -676,12 +676,26 @@ def fit_hybrid(
     return result
 
 
+def worker_setup() -> None:
+    """In a spawned training process: Ctrl-C is the parent's to handle, and the process ends when its
+    parent does (Linux), instead of training on for nobody after the parent was killed."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def _job_worker(args: tuple) -> dict[str, Any]:
     """Runs in a spawned process: one network's training."""
     index, job, queue = args
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    worker_setup()
     log = (lambda row: queue.put((index, row))) if queue is not None else None
     result = fit_hybrid(job.train, job.held_out, job.hparams, job.training, seed=job.seed, progress=False, log=log,
                         teacher=job.teacher)

@@ -226,3 +226,49 @@ def test_pca_width_is_clamped_to_what_ten_images_per_class_allow(capsys: pytest.
     assert pipe.named_steps["pca"].n_components_ == width
     assert f"PCA width 100 lowered to {width}" in capsys.readouterr().out
     assert pipe.predict_proba(x).shape == (len(x), len(np.unique(y)))
+
+
+_PARENT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+
+def work(_):
+    from meshfer.hybrid import worker_setup
+    worker_setup()
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(work, 0).result()
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_training_workers_end_with_their_parent(tmp_path: Path) -> None:
+    """A killed `scripts/finetune_folds.py` (or `meshfer train hybrid`) leaves no training process behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        # a zombie counts as gone: it is not running
+        if Path(f"/proc/{child}/stat").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent")

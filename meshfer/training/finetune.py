@@ -258,10 +258,21 @@ def recalibrate_batch_norm(model: Any, train: Any, keras: Any, n: int = 2048, se
         return
     rows = np.random.default_rng(seed).permutation(len(train))[:n]
     probe = keras.Model(model.inputs, [layer.input for layer in layers])
-    acts = probe.predict(_inputs(model, train.crops[rows], train.x[rows]), batch_size=256, verbose=0)
-    for layer, a in zip(layers, acts if isinstance(acts, list) else [acts]):
-        axes = tuple(range(a.ndim - 1))
-        mean, var = a.mean(axis=axes).astype(np.float64), a.var(axis=axes).astype(np.float64)
+    # sums over batches: the activations of every layer for thousands of faces would take gigabytes
+    sums = [np.zeros(layer.input.shape[-1]) for layer in layers]
+    squares = [np.zeros(layer.input.shape[-1]) for layer in layers]
+    count = [0] * len(layers)
+    for b0 in range(0, len(rows), 128):
+        part = rows[b0:b0 + 128]
+        acts = probe(_inputs(model, train.crops[part], train.x[part]), training=False)
+        for i, a in enumerate(acts if isinstance(acts, (list, tuple)) else [acts]):
+            a = np.asarray(a, np.float64).reshape(-1, a.shape[-1])
+            sums[i] += a.sum(axis=0)
+            squares[i] += (a * a).sum(axis=0)
+            count[i] += len(a)
+    for i, layer in enumerate(layers):
+        mean = sums[i] / count[i]
+        var = np.maximum(squares[i] / count[i] - mean * mean, 0.0)
         gamma, beta, mean0, var0 = (w.astype(np.float64) for w in layer.get_weights())
         eps = layer.epsilon
         scale0 = gamma / np.sqrt(var0 + eps)
@@ -271,9 +282,9 @@ def recalibrate_batch_norm(model: Any, train: Any, keras: Any, n: int = 2048, se
 
 
 def _member_worker(args: tuple) -> dict[str, Any]:
-    import signal
+    from ..hybrid import worker_setup
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    worker_setup()
     card, member, train, options, seed, score = args
     return finetune_member(card, member, train, options, seed, score, threads=1)
 
