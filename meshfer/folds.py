@@ -56,29 +56,26 @@ def thumbnail(path: str | Path, size: int = 32) -> np.ndarray | None:
 def identity_groups(paths: Sequence[str | Path], near_copy: float = NEAR_COPY_CORRELATION) -> np.ndarray:
     """Group ids (0, 1, ...) over ``paths`` joining photos of one identity, byte-identical files and
     near-copies (thumbnail correlation at least ``near_copy``)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     from .datasets import duplicate_groups
 
     paths = [Path(str(p)) for p in paths]
+    if not paths:
+        return np.zeros(0, dtype=np.int64)
     ids = duplicate_groups(paths, [identity_of(p) for p in paths])  # identity and byte-identical copies
-    parent = list(range(int(ids.max()) + 1 if len(ids) else 0))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    # one edge from each photo to the first photo of its group, one between each pair of near-copies
+    first = np.unique(ids, return_index=True)[1][ids]
+    edges = [np.stack([np.arange(len(paths)), first], axis=1)]
     thumbs = [thumbnail(p) for p in paths]
-    known = [i for i, t in enumerate(thumbs) if t is not None]
-    if known:
+    known = np.array([i for i, t in enumerate(thumbs) if t is not None], dtype=np.int64)
+    if len(known):
         t = np.array([thumbs[i] for i in known])
-        close = np.argwhere(np.triu(t @ t.T >= near_copy, 1))
-        for a, b in close:
-            ra, rb = find(int(ids[known[a]])), find(int(ids[known[b]]))
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(int(i)) for i in ids], dtype=np.int64)
-    return np.unique(roots, return_inverse=True)[1] if len(roots) else roots
+        edges.append(known[np.argwhere(np.triu(t @ t.T >= near_copy, 1))])
+    pairs = np.concatenate(edges)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(paths), len(paths)))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
 @dataclass(frozen=True)
