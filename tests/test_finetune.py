@@ -70,7 +70,7 @@ def tables():
     small copy of muxspace-dev (3 photos per class) in its own folder, for three folds."""
     import tempfile
 
-    from meshfer.datasets import scan_dataset, scan_paths
+    from meshfer.datasets import scan_paths
     from meshfer.extract import extract
 
     def table(root: Path, n: int, labelled_root: Path | None = None):
@@ -272,3 +272,55 @@ def test_training_workers_end_with_their_parent(tmp_path: Path) -> None:
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the worker outlived its killed parent")
+
+
+@pytest.mark.slow
+def test_meshfer_train_hybrid_fine_tunes_the_base_network_and_reports_photos_out_of_fold(tmp_path: Path) -> None:
+    """The command that makes the shipped hybrid from hybrid-base, on 6 images per class and one
+    epoch: the card names its base by SHA-256, records the folds and the recipe, and its photo
+    figures are the out-of-fold ones."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import FER_TRAIN, REPO
+
+    from meshfer.models.registry import get_card, load_model
+
+    out = tmp_path / "models"
+    args = [sys.executable, "-m", "meshfer", "train", "hybrid", str(FER_TRAIN), "--val", str(FER_VAL), "-o", str(out),
+            "--limit-per-class", "6", "--cache-dir", str(tmp_path / "meshes"), "--workers", "1", "--json",
+            "--option", "finetune_from=hybrid-base", "--option", f"photos_train_dir={PHOTOS_TRAIN}",
+            "--option", f"finetune_photos_dir={PHOTOS}", "--option", "epochs=1", "--option", "fer2013_subsample=20",
+            "--option", "out_of_fold=run", "--option", "n_folds=2", "--option", "processes=1",
+            "--option", f"finetune_cache={tmp_path / 'ft'}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads(proc.stdout.strip().splitlines()[-1])
+    base = get_card("hybrid-base")
+    assert card["extra"]["base"] == {"name": "hybrid-base", "file": base.file, "sha256": base.sha256}
+    assert card["extra"]["finetune"]["recipe"]["epochs"] == 1 and card["extra"]["folds"]["n_folds"] == 2
+    oof = card["extra"]["out_of_fold"]
+    assert oof["n_images"] == card["metrics"]["muxspace_n_images"] == 36  # 6 photos of each of the 6 classes
+    assert card["metrics"]["muxspace_macro_f1"] == oof["macro_f1"]
+    assert 0 < card["metrics"]["accuracy"] <= 1 and card["metrics"]["n_images"] == 42
+    assert card["extra"]["export_max_difference"] < 1e-4
+    model = load_model(out / "hybrid.json")
+    assert model.needs_crops and model.card.sha256 != base.sha256
+    # the final members were cached: a second run (overwriting) trains nothing again and gives the same file
+    first = (out / "hybrid.onnx").read_bytes()
+    proc = subprocess.run(args + ["--overwrite"], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(from the cache)" in proc.stderr and (out / "hybrid.onnx").read_bytes() == first
+
+
+def test_the_rule_picks_the_best_photo_recipe_that_keeps_fer2013() -> None:
+    from meshfer.training.finetune import choose_recipe
+
+    results = {"base": {"macro_f1": 0.50, "accuracy": 0.56, "fer2013_held_out_accuracy": 0.645},
+               "a": {"macro_f1": 0.55, "accuracy": 0.61, "fer2013_held_out_accuracy": 0.639},
+               "b": {"macro_f1": 0.60, "accuracy": 0.65, "fer2013_held_out_accuracy": 0.630},  # loses FER-2013
+               "c": {"macro_f1": 0.54, "accuracy": 0.62, "fer2013_held_out_accuracy": 0.645}}
+    assert choose_recipe(results, "base") == "a"
+    assert choose_recipe(results, "base", tolerance=0.02) == "b"
+    assert choose_recipe({"base": results["base"], "b": results["b"]}, "base") is None

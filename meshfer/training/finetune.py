@@ -28,7 +28,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["DEFAULT_FINETUNE", "FineTuneData", "finetune_data", "load_finetune_data", "fold_training_data", "recipe_key",
-           "fold_train_images", "fold_test_images", "FoldResult", "CrossValidation", "cross_validate", "finetune_members", "recalibrate_batch_norm", "photo_metrics"]
+           "fold_train_images", "fold_test_images", "FoldResult", "CrossValidation", "cross_validate", "finetune_members", "recalibrate_batch_norm", "photo_metrics",
+           "FER2013_TOLERANCE", "choose_recipe"]
 
 #: The baseline recipe (``--option key=value`` where a command exposes it).
 DEFAULT_FINETUNE: dict[str, Any] = {
@@ -54,6 +55,10 @@ DEFAULT_FINETUNE: dict[str, Any] = {
 }
 
 PHOTOS = "photos"
+#: The choice rule (README, "Photos of people never seen", written before the runs): the recipe with the
+#: highest out-of-fold photo macro-F1 among those whose FER-2013 held-out accuracy is at most this much
+#: below the base network's.
+FER2013_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -454,3 +459,17 @@ def cross_validate(card: Any, data: FineTuneData, options: dict[str, Any] | None
         if bar is not None:
             bar.close()
     return CrossValidation(key, {**DEFAULT_FINETUNE, **options}, proba, results, data)
+
+
+def choose_recipe(results: dict[str, dict[str, Any]], base: str, tolerance: float = FER2013_TOLERANCE) -> str | None:
+    """The recipe the rule picks from ``results`` ({name: metrics with ``macro_f1`` and
+    ``fer2013_held_out_accuracy``}, as ``scripts/finetune_folds.py --json`` writes them; ``base``:
+    the entry of the network before fine-tuning): the highest out-of-fold photo macro-F1 among the
+    recipes whose FER-2013 held-out accuracy is at most ``tolerance`` below the base's; None when
+    no recipe qualifies."""
+    floor = float(results[base]["fer2013_held_out_accuracy"]) - tolerance
+    eligible = {name: m for name, m in results.items()
+                if name != base and float(m["fer2013_held_out_accuracy"]) >= floor - 1e-12}
+    if not eligible:
+        return None
+    return max(eligible, key=lambda name: (float(eligible[name]["macro_f1"]), float(eligible[name]["accuracy"])))

@@ -208,11 +208,16 @@ def train(name: str, config: Any) -> Any:
     unless given; ``photos_teacher`` the same for the photos, default ``teacher``),
     any architecture option of :data:`meshfer.hybrid.DEFAULT_HPARAMS` (``branches=pixels``, ``stages``,
     ...) and any training option of :data:`meshfer.hybrid.DEFAULT_TRAINING` (``epochs``,
-    ``max_minutes``, ``photo_weight``, ...)."""
+    ``max_minutes``, ``photo_weight``, ...). With ``finetune_from=MODEL`` an exported hybrid is
+    fine-tuned on photos instead (:mod:`meshfer.training.hybrid_finetune`)."""
     from ..datasets import copies_of
     from ..hybrid import DEFAULT_HPARAMS, DEFAULT_TRAINING, HybridData, count_macs, fit_members, prepare_hybrid
     from .expression import EXPRESSION_LABELS
 
+    if "finetune_from" in config.options:
+        from .hybrid_finetune import train as train_finetuned
+
+        return train_finetuned(name, config)
     start = time.perf_counter()
     options = dict(config.options)
     photos_train_dir = options.pop("photos_train_dir", None)
