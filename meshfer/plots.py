@@ -186,7 +186,8 @@ def plot_training_history(history: Sequence[Mapping[str, float]], ax: Any = None
     twin = ax.twinx()
     twin.plot(epochs, [row["loss"] for row in history], color="grey", linestyle=":", label="training loss")
     twin.set_ylabel("training loss")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a history with the training loss alone has no held-out lines
+        ax.legend(loc="lower right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     return ax
