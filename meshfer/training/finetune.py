@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["DEFAULT_FINETUNE", "FineTuneData", "finetune_data", "load_finetune_data", "fold_training_data", "recipe_key",
-           "fold_train_images", "fold_test_images", "FoldResult", "CrossValidation", "cross_validate", "finetune_members", "recalibrate_batch_norm", "photo_metrics",
+           "fold_train_images", "fold_test_images", "split_finetune_data", "FoldResult", "CrossValidation", "cross_validate", "finetune_members", "recalibrate_batch_norm", "photo_metrics",
            "FER2013_TOLERANCE", "choose_recipe"]
 
 #: The baseline recipe (``--option key=value`` where a command exposes it).
@@ -135,16 +135,23 @@ def load_finetune_data(fer_train: Path, fer_val: Path, photos_train: Path, photo
     ``config.seed``: the same held-out FER-2013 images and training photos; FER-2013 without the
     copies of ``fer_val`` images) and the identity folds of ``photos_dev``."""
     from . import load_meshes
+
+    tables = [load_meshes(Path(p), config) for p in (fer_train, fer_val, photos_train, photos_dev)]
+    return split_finetune_data(*tables, photos_dev, feature_set, labels, n_folds=n_folds, seed=config.seed,
+                               fer2013_subsample=fer2013_subsample)
+
+
+def split_finetune_data(train_table: Any, val_table: Any, photos_table: Any, dev_table: Any, photos_dev: str | Path,
+                        feature_set: str, labels: Sequence[str], *, n_folds: int = 5, seed: int = 0,
+                        fer2013_subsample: int = DEFAULT_FINETUNE["fer2013_subsample"]) -> FineTuneData:
+    """:func:`load_finetune_data` on MeshTables already loaded (FER-2013 train and validation, the
+    training photos, the photos of folder ``photos_dev``)."""
     from .hybrid import split_for_training, split_photos
 
-    train_table = load_meshes(Path(fer_train), config)
-    val_table = load_meshes(Path(fer_val), config)
-    fit, held, left_out = split_for_training(train_table, val_table, seed=config.seed)
-    photos_table = load_meshes(Path(photos_train), config)
-    a, _ = split_photos(photos_table, config.seed)
-    dev_table = load_meshes(Path(photos_dev), config)
+    fit, held, left_out = split_for_training(train_table, val_table, seed=seed)
+    a, _ = split_photos(photos_table, seed)
     return finetune_data(fit, held, photos_table.subset(a), dev_table, photos_dev, feature_set, labels,
-                         n_folds=n_folds, seed=config.seed, fer2013_subsample=fer2013_subsample,
+                         n_folds=n_folds, seed=seed, fer2013_subsample=fer2013_subsample,
                          info={"left_out_copies_of_validation_images": int(left_out)})
 
 
@@ -388,6 +395,14 @@ def _load_fold(path: Path, fold: int) -> FoldResult | None:
                               json.loads(str(z["histories"])), tuple(json.loads(str(z["trained_on"]))), resumed=True)
     except (OSError, KeyError, ValueError):
         return None  # a damaged file is done again
+
+
+def _load_weights(path: Path) -> list[list[np.ndarray]]:
+    """What :func:`_save_weights` wrote: each member's weights, in Keras order."""
+    with np.load(path) as z:
+        names = [name.split("_") for name in z.files]
+        n = max(int(m[1:]) for m, _ in names) + 1
+        return [[z[f"m{i}_{j}"] for j in range(sum(1 for m, _ in names if m == f"m{i}"))] for i in range(n)]
 
 
 def _save_weights(path: Path, members: list[list[np.ndarray]]) -> None:

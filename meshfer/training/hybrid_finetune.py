@@ -50,16 +50,12 @@ def _final_members(base: Any, data: Any, options: dict[str, Any], folder: Path, 
     ``folder/all.weights.npz``."""
     import json
 
-    from .finetune import _save_weights, finetune_members, fold_training_data
+    from .finetune import _load_weights, _save_weights, finetune_members, fold_training_data
 
     path, info = folder / "all.weights.npz", folder / "all.json"
     if path.exists() and info.exists():
         try:
-            with np.load(path) as z:
-                n = len({k.split("_")[0] for k in z.files})
-                weights = [[z[f"m{i}_{j}"] for j in range(sum(1 for k in z.files if k.startswith(f"m{i}_")))]
-                           for i in range(n)]
-            return weights, json.loads(info.read_text())["histories"], True
+            return _load_weights(path), json.loads(info.read_text())["histories"], True
         except (OSError, KeyError, ValueError):
             pass  # a damaged file is trained again
     train_data = fold_training_data(data, None, options)
@@ -81,7 +77,7 @@ def train(name: str, config: Any) -> Any:
     from ..hybrid import adjust_to_domains, predict_members, selection_score
     from ..models.onnx_keras import keras_members
     from ..models.registry import get_card
-    from .finetune import DEFAULT_FINETUNE, cross_validate, load_finetune_data, recipe_key
+    from .finetune import DEFAULT_FINETUNE, cross_validate, recipe_key, split_finetune_data
     from .hybrid import DESCRIPTION, MIRROR_MIN_GAIN, _card_metrics, _headline, choose_mirror, export_hybrid, held_out_data
 
     start = time.perf_counter()
@@ -107,9 +103,11 @@ def train(name: str, config: Any) -> Any:
     recipe = {k: _typed(DEFAULT_FINETUNE[k], v) for k, v in options.items()}
     opts = {**DEFAULT_FINETUNE, **recipe}
 
-    data = load_finetune_data(Path(config.train_dir), Path(config.val_dir), Path(photos_train), Path(photos_dev), config,
-                              base.feature_set, base.labels, n_folds=n_folds,
-                              fer2013_subsample=int(opts["fer2013_subsample"]))
+    train_table, val_table, photos_table, dev_table = (
+        load_meshes(Path(p), config) for p in (config.train_dir, config.val_dir, photos_train, photos_dev))
+    data = split_finetune_data(train_table, val_table, photos_table, dev_table, photos_dev, base.feature_set,
+                               base.labels, n_folds=n_folds, seed=config.seed,
+                               fer2013_subsample=int(opts["fer2013_subsample"]))
     key = recipe_key(recipe, base.sha256, data.folds, data.info, config.seed)
     folder = cache / key
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,9 +128,6 @@ def train(name: str, config: Any) -> Any:
     for model, w in zip(members, weights):
         model.set_weights(w)
 
-    train_table = load_meshes(Path(config.train_dir), config)
-    val_table = load_meshes(Path(config.val_dir), config)
-    photos_table = load_meshes(Path(photos_train), config)
     held = held_out_data(train_table, val_table, photos_table, base.feature_set, base.labels, seed=config.seed)
     plain = predict_members(members, held.crops, held.x)
     mirrored = 0.5 * (plain + predict_members(members, held.crops[:, :, ::-1], held.x_mirror))
