@@ -26,7 +26,10 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "stay with their source). It is laid out as two folders of links beside a CSV listing every image's "
         "side, in $MESHFER_SPLIT_DIR, else output/split of the repository it runs in, else the user cache "
         "folder; 'meshfer evaluate TRAIN_DIR --split validation' scores the same images. Without --val, eyes, "
-        "mouth and gaze hold out 10% of TRAIN_DIR by image group themselves (as the shipped ones were made).",
+        "mouth and gaze hold out 10% of TRAIN_DIR by image group themselves (as the shipped ones were made). "
+        "'train hybrid' with --option finetune_from=hybrid-base --option photos_train_dir=DIR --option "
+        "finetune_photos_dir=DIR fine-tunes that exported network on photos instead of training from scratch: this "
+        "made the default hybrid (its card records the recipe, the identity folds and the out-of-fold figures).",
     )
     p.add_argument("name", metavar="NAME", help=f"model to train: {', '.join(sorted(RECIPES))}")
     p.add_argument("train_dir", metavar="TRAIN_DIR", type=Path, help="folder of <prefix><label> sub-folders")
