@@ -27,7 +27,7 @@ import numpy as np
 from meshfer.models.registry import get_card, load_model
 from meshfer.training import TrainConfig
 from meshfer.training.finetune import (DEFAULT_FINETUNE, FER2013_TOLERANCE, choose_recipe, cross_validate,
-                                      load_finetune_data, photo_metrics)
+                                      load_finetune_data, photo_metrics, recipe_option)
 
 
 def parse_recipe(text: str) -> tuple[str, dict]:
@@ -35,13 +35,7 @@ def parse_recipe(text: str) -> tuple[str, dict]:
     options = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        default = DEFAULT_FINETUNE.get(key)
-        if isinstance(default, bool):
-            options[key] = value.strip().lower() in ("1", "true", "yes")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            options[key] = type(default)(float(value)) if isinstance(default, int) else float(value)
-        else:
-            options[key] = value
+        options[key] = recipe_option(key, value) if key in DEFAULT_FINETUNE else value
     return name, options
 
 

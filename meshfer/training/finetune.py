@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = ["DEFAULT_FINETUNE", "FineTuneData", "finetune_data", "load_finetune_data", "fold_training_data", "recipe_key",
            "fold_train_images", "fold_test_images", "split_finetune_data", "FoldResult", "CrossValidation", "cross_validate", "finetune_members", "recalibrate_batch_norm", "photo_metrics",
-           "FER2013_TOLERANCE", "choose_recipe"]
+           "FER2013_TOLERANCE", "choose_recipe", "recipe_option"]
 
 #: The baseline recipe (``--option key=value`` where a command exposes it).
 DEFAULT_FINETUNE: dict[str, Any] = {
@@ -83,6 +83,18 @@ class FineTuneData:
         face_of[np.flatnonzero(self.dev.found)] = np.arange(int(self.dev.found.sum()))
         rows = face_of[np.asarray(image_rows, dtype=np.int64)]
         return rows[rows >= 0]
+
+
+def recipe_option(key: str, value: Any) -> Any:
+    """A recipe option given as text or JSON (command line, script), as the type of its default."""
+    from . import as_bool
+
+    default = DEFAULT_FINETUNE[key]
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        return as_bool(value)
+    return type(default)(float(value)) if isinstance(default, int) else type(default)(value)
 
 
 def _stratified_sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:

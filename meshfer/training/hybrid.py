@@ -90,6 +90,22 @@ def choose_mirror(held_scores: dict[str, float], choice: str = "auto", min_gain:
     raise ValueError(f"--option mirror_tta={choice}: use auto, true or false")
 
 
+def mirror_scores(models: Sequence[Any], held: Any, ratios: dict[str, Any] | None = None
+                  ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """The held-out selection scores of Keras members ``models`` on ``held`` (HybridData) without and
+    with mirror averaging (what :func:`choose_mirror` reads), and both probabilities (adjusted to
+    the domains' priors by ``ratios`` when given)."""
+    from ..hybrid import adjust_to_domains, predict_members, selection_score
+
+    plain = predict_members(models, held.crops, held.x)
+    mirrored = 0.5 * (plain + predict_members(models, held.crops[:, :, ::-1], held.x_mirror))
+    plain, mirrored = (adjust_to_domains(p, held.domain, ratios) for p in (plain, mirrored))
+    k = len(held.labels)
+    scores = {"plain": selection_score(held, plain.argmax(axis=1), k),
+              "mirror_averaged": selection_score(held, mirrored.argmax(axis=1), k)}
+    return scores, plain, mirrored
+
+
 def export_hybrid(
     keras_model: Any | Sequence[Any],
     directory: str | Path,
@@ -290,15 +306,8 @@ def train(name: str, config: Any) -> Any:
 
     # Mirror averaging (the face and its mirror image) doubles the network's time: it is kept when it
     # gains more than MIRROR_MIN_GAIN on the held-out images.
-    from ..hybrid import adjust_to_domains, predict_members, selection_score
-
     ratios = results[0].ratios
-    plain = predict_members(models, held_data.crops, held_data.x)
-    mirrored = 0.5 * (plain + predict_members(models, held_data.crops[:, :, ::-1], held_data.x_mirror))
-    plain, mirrored = (adjust_to_domains(p, held_data.domain, ratios) for p in (plain, mirrored))
-    k = len(labels)
-    held_scores = {"plain": selection_score(held_data, plain.argmax(axis=1), k),
-                   "mirror_averaged": selection_score(held_data, mirrored.argmax(axis=1), k)}
+    held_scores, plain, mirrored = mirror_scores(models, held_data, ratios)
     mirror_tta = choose_mirror(held_scores, mirror_choice)
     held_proba = mirrored if mirror_tta else plain
 

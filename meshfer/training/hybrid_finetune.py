@@ -74,11 +74,11 @@ def train(name: str, config: Any) -> Any:
     card. Recipe options are those of :data:`meshfer.training.finetune.DEFAULT_FINETUNE`;
     ``out_of_fold``: ``cached`` (default: the folds' figures when the fold cache holds all of
     them), ``run`` (fine-tune the missing folds: about 7 minutes each) or ``skip``."""
-    from ..hybrid import adjust_to_domains, predict_members, selection_score
     from ..models.onnx_keras import keras_members
     from ..models.registry import get_card
-    from .finetune import DEFAULT_FINETUNE, cross_validate, recipe_key, split_finetune_data
-    from .hybrid import DESCRIPTION, MIRROR_MIN_GAIN, _card_metrics, _headline, choose_mirror, export_hybrid, held_out_data
+    from .finetune import DEFAULT_FINETUNE, cross_validate, recipe_key, recipe_option, split_finetune_data
+    from .hybrid import (DESCRIPTION, MIRROR_MIN_GAIN, _card_metrics, _headline, _photos_tag, choose_mirror, export_hybrid,
+                         held_out_data, mirror_scores)
 
     start = time.perf_counter()
     options = dict(config.options)
@@ -100,7 +100,7 @@ def train(name: str, config: Any) -> Any:
     if unknown:
         raise KeyError(f"unknown fine-tuning option(s) {', '.join(sorted(unknown))}; valid: "
                        f"{', '.join([*DEFAULT_FINETUNE, *FINETUNE_OPTIONS])}")
-    recipe = {k: _typed(DEFAULT_FINETUNE[k], v) for k, v in options.items()}
+    recipe = {k: recipe_option(k, v) for k, v in options.items()}
     opts = {**DEFAULT_FINETUNE, **recipe}
 
     train_table, val_table, photos_table, dev_table = (
@@ -129,13 +129,7 @@ def train(name: str, config: Any) -> Any:
         model.set_weights(w)
 
     held = held_out_data(train_table, val_table, photos_table, base.feature_set, base.labels, seed=config.seed)
-    plain = predict_members(members, held.crops, held.x)
-    mirrored = 0.5 * (plain + predict_members(members, held.crops[:, :, ::-1], held.x_mirror))
-    ratios = base.extra.get("domain_prior_ratios")
-    plain, mirrored = (adjust_to_domains(p, held.domain, ratios) for p in (plain, mirrored))
-    k = len(base.labels)
-    held_scores = {"plain": selection_score(held, plain.argmax(axis=1), k),
-                   "mirror_averaged": selection_score(held, mirrored.argmax(axis=1), k)}
+    held_scores, plain, mirrored = mirror_scores(members, held, base.extra.get("domain_prior_ratios"))
     mirror_tta = choose_mirror(held_scores, "auto")
 
     from ..datasets import copies_of
@@ -153,7 +147,7 @@ def train(name: str, config: Any) -> Any:
         "every class (identity folds)", estimator=estimator, landmarker_sha256=base.landmarker_sha256,
     )
     metrics = _card_metrics(scores, copies, "", held, mirrored if mirror_tta else plain, base.labels)
-    tag = Path(str(photos_dev)).name.split("-")[0].replace(" ", "_").lower() or "photos"
+    tag = _photos_tag(Path(str(photos_dev)))
     oof_metrics = None
     if oof is not None:
         oof_metrics = oof.metrics()
@@ -190,13 +184,3 @@ def train(name: str, config: Any) -> Any:
     card.save(Path(config.output_dir) / f"{name}.json")
     return card
 
-
-def _typed(default: Any, value: Any) -> Any:
-    """A recipe option given on the command line, as the type of its default."""
-    from . import as_bool
-
-    if value is None or default is None:
-        return value
-    if isinstance(default, bool):
-        return as_bool(value)
-    return type(default)(value)
