@@ -209,6 +209,18 @@ def test_unknown_finetune_option_is_refused(data, shipped, tmp_path: Path) -> No
         cross_validate(shipped, data, {"epoch": 3}, cache_dir=tmp_path, progress=False, log=None)
 
 
+def test_a_bad_mirror_choice_is_refused_before_any_work(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from meshfer.training.hybrid_finetune import train
+
+    config = SimpleNamespace(options={"finetune_from": "hybrid-base", "photos_train_dir": str(tmp_path),
+                                      "finetune_photos_dir": str(tmp_path), "mirror_tta": "sometimes"},
+                             val_dir=tmp_path, train_dir=tmp_path)
+    with pytest.raises(ValueError, match="mirror_tta=sometimes"):
+        train("hybrid", config)
+
+
 def test_pca_width_is_clamped_to_what_ten_images_per_class_allow(capsys: pytest.CaptureFixture[str]) -> None:
     from meshfer import features
     from meshfer.classifiers import build_pipeline, fit_pipeline
@@ -305,6 +317,8 @@ def test_meshfer_train_hybrid_fine_tunes_the_base_network_and_reports_photos_out
     assert card["metrics"]["muxspace_macro_f1"] == oof["macro_f1"]
     assert 0 < card["metrics"]["accuracy"] <= 1 and card["metrics"]["n_images"] == 42
     assert card["extra"]["export_max_difference"] < 1e-4
+    # mirror averaging stays off unless asked: the network costs what the base costs
+    assert card["extra"]["mirror_tta"] is False and card["extra"]["mirror_tta_choice"] == "false"
     model = load_model(out / "hybrid.json")
     assert model.needs_crops and model.card.sha256 != base.sha256
     # the final members were cached: a second run (overwriting) trains nothing again and gives the same file

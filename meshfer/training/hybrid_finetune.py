@@ -28,7 +28,11 @@ __all__ = ["FINETUNE_OPTIONS", "train", "default_cache"]
 
 #: Options of this path besides the recipe's (:data:`meshfer.training.finetune.DEFAULT_FINETUNE`).
 FINETUNE_OPTIONS = ("finetune_from", "photos_train_dir", "finetune_photos_dir", "out_of_fold", "finetune_cache",
-                    "n_folds", "processes")
+                    "n_folds", "processes", "mirror_tta")
+#: Mirror averaging of the fine-tuned network: off unless asked (``--option mirror_tta=auto|true``). The
+#: recipes are chosen by out-of-fold figures without it, and it doubles the network's time, which
+#: fine-tuning is meant to leave as it was.
+FINETUNE_MIRROR = "false"
 
 
 def default_cache() -> Path:
@@ -96,6 +100,8 @@ def train(name: str, config: Any) -> Any:
     cache = Path(options.pop("finetune_cache", None) or default_cache()).expanduser()
     n_folds = int(options.pop("n_folds", 5))
     processes = options.pop("processes", None)
+    mirror_choice = str(options.pop("mirror_tta", FINETUNE_MIRROR)).strip().lower()
+    choose_mirror({"plain": 0.0, "mirror_averaged": 0.0}, mirror_choice)  # a bad value fails before any work
     unknown = set(options) - set(DEFAULT_FINETUNE)
     if unknown:
         raise KeyError(f"unknown fine-tuning option(s) {', '.join(sorted(unknown))}; valid: "
@@ -130,7 +136,7 @@ def train(name: str, config: Any) -> Any:
 
     held = held_out_data(train_table, val_table, photos_table, base.feature_set, base.labels, seed=config.seed)
     held_scores, plain, mirrored = mirror_scores(members, held, base.extra.get("domain_prior_ratios"))
-    mirror_tta = choose_mirror(held_scores, "auto")
+    mirror_tta = choose_mirror(held_scores, mirror_choice)
 
     from ..datasets import copies_of
     from ..hybrid import prepare_hybrid
@@ -176,7 +182,7 @@ def train(name: str, config: Any) -> Any:
                "out_of_fold": oof_metrics,
                "members": [{"seed": config.seed * 1000 + 999 + i, "history": h, "epochs_run": len(h)}
                            for i, h in enumerate(histories)],
-               "held_out_selection_scores": held_scores, "mirror_tta_choice": "auto", "mirror_min_gain": MIRROR_MIN_GAIN,
+               "held_out_selection_scores": held_scores, "mirror_tta_choice": mirror_choice, "mirror_min_gain": MIRROR_MIN_GAIN,
                "held_out_fer2013_faces": int(fer_held_rows.sum()),
                "total_seconds": round(time.perf_counter() - start, 1),
                "parameters": base.extra.get("parameters"), "multiply_adds": base.extra.get("multiply_adds")},
