@@ -1,5 +1,7 @@
 """Local worker processes vs Ray Data for mesh extraction, in one run (issue 14's figures).
 
+Feeds: docs/ray.md, "Measured" (throughput of both engines, Ray's start-up and scheduling overhead).
+
     python scripts/bench_engines.py /path/to/photos [--limit 1000] [--workers 2] [--address ADDR] [--json]
 
 Each engine extracts the same images from scratch (no cache), start-up included (spawning the

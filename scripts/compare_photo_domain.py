@@ -2,6 +2,8 @@
 two models, on the same images (issue 11's "use the photos in training, to fit a domain
 calibration, or both, and measure each choice").
 
+Feeds: docs/hybrid.md, the tables "photos used" and "one network with the photos, one without".
+
     python scripts/compare_photo_domain.py TRAIN_DIR VAL_DIR PHOTOS_TRAIN_DIR PHOTOS_DIR CARD [CARD ...] \
         [--cache-dir DIR] [--average] [--bootstrap N]
 

@@ -1,5 +1,7 @@
 """Fine-tuning recipes for photos, compared out of fold (issue "Photos of people never seen").
 
+Feeds: docs/finetune.md, the recipes table, and Hybrid/model.ipynb's recipes section (--json).
+
 Measures, for ``hybrid-base`` (the network before fine-tuning) and for each fine-tuning recipe
 given, on the same identity folds of the dev photos (``meshfer.folds``): out-of-fold photo macro-F1,
 accuracy and recall per class (every photo counted, no face = wrong) and the accuracy on FER-2013's

@@ -1,5 +1,7 @@
 """Compute meshfer/data/mirror.json: the landmark permutation of a mirrored face.
 
+Feeds: meshfer/data/mirror.json (no doc table; docs/features.md describes mirroring).
+
 Usage: python scripts/make_mirror.py MESHES.npz   (a file written by `meshfer extract`)
 
 The mean of many frontal meshes (aligned by 3-D Procrustes) is reflected in its symmetry plane

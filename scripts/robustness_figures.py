@@ -1,4 +1,6 @@
-"""Figures for the robustness goals (issue 12), printed, not timed tests:
+"""Figures for the robustness goals (issue 12), printed, not timed tests.
+
+Feeds: docs/robustness.md, "Big images" (peak memory) and what a SIGKILL loses. It prints:
 
 1. peak memory of reading and searching one huge image, each in a fresh process, through the path
    ``meshfer extract`` takes (:func:`meshfer.extract.process_image`): a 20000x20000 and a

@@ -1,5 +1,7 @@
 """Re-run part of a notebook and keep the outputs of the rest.
 
+Feeds: no figures of its own; it refreshes the outputs of a notebook's chosen cells (docs/notebooks.md).
+
 Some notebooks train networks for an hour on all images before their last sections; when only those
 sections change (e.g. ``Hybrid/model.ipynb``'s shipped model and recipes), this runs the set-up
 cells and the chosen cells in a fresh kernel, in order, and writes their new outputs into the
