@@ -450,6 +450,10 @@ def _child_video(params: dict[str, Any]) -> dict[str, Any]:
                     split.setdefault(key, []).append(split["crop"][-1] + split[f"model: {task} ({m.card.name})"][-1])
             split["features"].append(b - a)
             split["inference"].append(time.perf_counter() - b)
+            if predictor.fused is not None and (crops is not None or not predictor.fused.needs_crops):
+                c = time.perf_counter()
+                predictor.fused.run(*args, crops)
+                split.setdefault("fused", []).append(time.perf_counter() - c)
     out["split_ms"] = {k: _ms(v) for k, v in split.items() if v}
     del frames
 
@@ -599,6 +603,10 @@ def _print_results(results: dict[str, Any], echo: Callable[[str], None]) -> None
                 f"({100 * split['features'][0] / lm_ms:.1f}%), model inference {split['inference'][0]:.3f} ms "
                 f"({100 * split['inference'][0] / lm_ms:.1f}%)"
             )
+        if "fused" in split and "landmarker" in split:
+            echo(f"  fused graph (features + all models in one session): median {split['fused'][0]:.3f} ms = "
+                 f"{100 * split['fused'][0] / split['landmarker'][0]:.1f}% of the landmarker's "
+                 f"(separately {split['features'][0] + split['inference'][0]:.3f} ms)")
         for k, v in split.items():
             if k.startswith("crop +"):
                 echo(f"  {k}: median {v[0]:.3f} ms, p95 {v[1]:.3f} ms per face on one core")
@@ -606,7 +614,8 @@ def _print_results(results: dict[str, Any], echo: Callable[[str], None]) -> None
         echo("")
 
 
-_SPLIT_NAMES = {"features": "all feature sets", "inference": "all models", "crop": "face crop (in the landmarker)"}
+_SPLIT_NAMES = {"features": "all feature sets", "inference": "all models", "crop": "face crop (in the landmarker)",
+                "fused": "fused graph (features + models)"}
 
 
 def _environment() -> dict[str, Any]:

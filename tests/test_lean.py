@@ -23,6 +23,7 @@ TRAINING_STACK = (
     "spektral",
     "sklearn",
     "skl2onnx",
+    "onnx",  # the fused graph of the default models is built with it, and only run by onnxruntime
     "scipy",
     "pandas",
     "jupyter",

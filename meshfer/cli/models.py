@@ -52,4 +52,8 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[-1])
+    if args.task is None:
+        from ..models.fused import fused_status
+
+        print(fused_status())
     return 0

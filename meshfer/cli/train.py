@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._common import add_engine_options, engine_to_env, positive_int, print_json
+from ._common import add_engine_options, engine_to_env, positive_int, print_json, warn
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         options=_parse_options(args.option),
     )
     card = recipe(args.name, config)
+    _rebuild_fused(card)
     if args.json:
         print_json(card.to_dict())
     else:
@@ -111,3 +112,21 @@ def run(args: argparse.Namespace) -> int:
             elif isinstance(value, int):
                 print(f"  {key}: {value}")
     return 0
+
+
+def _rebuild_fused(card: object) -> None:
+    """A new default in the package's own models folder: the fused graph of the default models is
+    written again from the shipped files (the old one no longer matches them and would go unused)."""
+    from ..errors import ModelError
+    from ..models.fused import build_default_fused
+    from ..models.registry import _shipped, models_dir
+
+    path = getattr(card, "path", None)
+    if not getattr(card, "default", False) or path is None or Path(path).resolve().parent != models_dir().resolve():
+        return
+    _shipped.cache_clear()
+    try:
+        warn(f"rebuilt the fused graph of the default models: {build_default_fused()}")
+    except ModelError as exc:
+        warn(f"the fused graph of the default models was not rebuilt ({exc}); prediction runs the separate models")
+
