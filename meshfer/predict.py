@@ -84,6 +84,32 @@ def _classifications(labels: Sequence[str], proba: np.ndarray) -> list[Classific
     ]
 
 
+class _LazyModel:
+    """A model whose file is loaded on first use: the card and how it reads crops come from the card.
+    Stands for the default models while the fused graph runs in their place."""
+
+    def __init__(self, card: Any) -> None:
+        self.card = card
+        self._model: Any = None
+
+    @property
+    def needs_crops(self) -> bool:
+        return self.card.format == "onnx-hybrid" and bool(self.card.crop)
+
+    @property
+    def crop_spec(self) -> Any:
+        from .crops import CropSpec
+
+        return CropSpec.from_dict(self.card.crop) if self.card.crop else None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_model":
+            raise AttributeError(name)
+        if self._model is None:
+            self._model = load_model(self.card)
+        return getattr(self._model, name)
+
+
 class Predictor:
     """Runs the chosen model of each task on face meshes (and, through a landmarker, on images).
 
@@ -99,20 +125,24 @@ class Predictor:
         mouth: str | Path | None = DEFAULT,
         landmarker: LandmarkerOptions | None = None,
     ) -> None:
-        self.models: dict[str, Any] = {}
+        cards: dict[str, Any] = {}
         for task, choice in (("expression", expression), ("eye", eyes), ("gaze", gaze), ("mouth", mouth)):
             if choice is None:
                 continue
             card = default_card(task) if choice == DEFAULT else get_card(choice, task)
             if card is not None:
-                self.models[task] = load_model(card)
+                cards[task] = card
         # the shipped default models of every task also come as one graph, features included: used when
-        # exactly those models are chosen (the same outputs, about a third less time per face)
+        # exactly those models are chosen (the same outputs, about a third less time per face); the
+        # separate files are then loaded only if something asks for them
         self._fused = None
-        if all(choice == DEFAULT for choice in (expression, eyes, gaze, mouth)) and self.models:
+        if all(choice == DEFAULT for choice in (expression, eyes, gaze, mouth)) and cards:
             from .models.fused import default_fused
 
-            self._fused = default_fused({task: m.card for task, m in self.models.items()})
+            self._fused = default_fused(cards)
+        self.models: dict[str, Any] = {
+            task: _LazyModel(card) if self._fused is not None else load_model(card) for task, card in cards.items()
+        }
         options = landmarker or LandmarkerOptions()
         spec = self.crop_spec
         if spec is not None and options.crop != spec:
