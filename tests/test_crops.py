@@ -111,3 +111,17 @@ def test_standardize_and_degenerate_inputs() -> None:
     m = crop_transform(lm, (100, 80))
     assert np.all(np.isfinite(m))
     assert align_crop(np.zeros((80, 100, 3), np.uint8), lm).shape == (48, 48)
+
+
+def test_grey_of_a_region_view_equals_grey_of_a_copy() -> None:
+    """The crop reads regions of frames as views (no copy): the same grey values as a contiguous copy."""
+    import cv2
+
+    from meshfer.crops import _grey
+
+    rng = np.random.default_rng(0)
+    for channels in (3, 4):
+        frame = rng.integers(0, 256, (120, 160, channels), dtype=np.uint8)
+        for view in (frame[10:90, 20:140], frame[:, ::-1], frame[::2, 5:]):
+            want = cv2.cvtColor(np.ascontiguousarray(view[:, :, :3]), cv2.COLOR_RGB2GRAY)
+            assert np.array_equal(_grey(view), want)
