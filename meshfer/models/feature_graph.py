@@ -33,6 +33,8 @@ class GraphBuilder:
     nodes: list[Any] = field(default_factory=list)
     initializers: list[Any] = field(default_factory=list)
     _count: int = 0
+    #: outputs of sub-graphs several feature sets share (the isotropic frame, the face's scale), by key
+    shared: dict[tuple, str] = field(default_factory=dict)
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -66,7 +68,15 @@ class GraphBuilder:
 
 
 def isotropic(g: GraphBuilder, landmarks: str, image_sizes: str) -> str:
-    """:func:`meshfer.features.isotropic`: y scaled by height / width (both at least 1)."""
+    """:func:`meshfer.features.isotropic`: y scaled by height / width (both at least 1); built once
+    per graph, whichever feature sets ask for it."""
+    key = ("isotropic", landmarks, image_sizes)
+    if key not in g.shared:
+        g.shared[key] = _isotropic(g, landmarks, image_sizes)
+    return g.shared[key]
+
+
+def _isotropic(g: GraphBuilder, landmarks: str, image_sizes: str) -> str:
     sizes = g.op("Max", [image_sizes, g.const(1.0, "one")])
     w = g.gather(sizes, [0], axis=1)  # (N, 1)
     h = g.gather(sizes, [1], axis=1)
@@ -82,8 +92,7 @@ def aligned_points(g: GraphBuilder, landmarks: str, image_sizes: str, points: An
     (N, len(points), 3), nose-relative, scaled by the nose-forehead distance, in the face's frame."""
     lm = isotropic(g, landmarks, image_sizes)
     nose = g.gather(lm, [NOSE_TIP], axis=1)  # (N, 1, 3)
-    forehead = g.gather(lm, [FOREHEAD], axis=1)
-    scale = g.at_least(g.norm(g.op("Sub", [forehead, nose])), EPS)  # (N, 1, 1)
+    scale = _face_scale(g, lm)  # (N, 1, 1)
     frame_pts = g.gather(lm, [_FRAME_RIGHT_EYE, _FRAME_LEFT_EYE, FOREHEAD, _FRAME_CHIN], axis=1)
     rel_frame = g.op("Div", [g.op("Sub", [frame_pts, nose]), scale])  # (N, 4, 3)
     right, left, top, chin = (g.gather(rel_frame, [i], axis=1) for i in range(4))  # (N, 1, 3) each
@@ -119,9 +128,12 @@ def _xy(g: GraphBuilder, points: str) -> str:
 
 
 def _face_scale(g: GraphBuilder, lm: str) -> str:
-    """(N, 1, 1) nose-tip to forehead distance of isotropic landmarks, at least EPS."""
-    d = g.op("Sub", [g.gather(lm, [FOREHEAD], axis=1), g.gather(lm, [NOSE_TIP], axis=1)])
-    return g.at_least(g.norm(d), EPS)
+    """(N, 1, 1) nose-tip to forehead distance of isotropic landmarks, at least EPS (built once per graph)."""
+    key = ("face_scale", lm)
+    if key not in g.shared:
+        d = g.op("Sub", [g.gather(lm, [FOREHEAD], axis=1), g.gather(lm, [NOSE_TIP], axis=1)])
+        g.shared[key] = g.at_least(g.norm(d), EPS)
+    return g.shared[key]
 
 
 def _safe_ratio(g: GraphBuilder, num: str, den: str, cap: float) -> str:

@@ -212,6 +212,11 @@ class FusedSession:
         return {task: np.asarray(v, dtype=np.float64) for task, v in zip(self.tasks, values)}
 
 
+def _matches(members: dict[str, Any], cards: dict[str, ModelCard]) -> bool:
+    """Whether a manifest's members are exactly ``cards`` (the same tasks, the same files by SHA-256)."""
+    return set(members) == set(cards) and all(members[t]["sha256"] == c.sha256 for t, c in cards.items())
+
+
 def default_fused(cards: dict[str, ModelCard]) -> FusedSession | None:
     """The shipped fused graph when its members are exactly ``cards`` (task -> card, compared by
     SHA-256); None otherwise (another model chosen, a task off, or no fused graph shipped)."""
@@ -223,8 +228,7 @@ def default_fused(cards: dict[str, ModelCard]) -> FusedSession | None:
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())
-    members = manifest.get("members", {})
-    if set(members) != set(cards) or any(members[t]["sha256"] != c.sha256 for t, c in cards.items()):
+    if not _matches(manifest.get("members", {}), cards):
         return None
     file = path.parent / manifest["file"]
     if not file.is_file() or sha256_of(file) != manifest["sha256"]:
@@ -244,7 +248,7 @@ def fused_status() -> str:
     members = json.loads(path.read_text()).get("members", {})
     cards = {task: card for task in FUSED_TASKS if (card := default_card(task)) is not None}
     names = ", ".join(m["name"] for m in members.values())
-    if set(members) != set(cards) or any(members[t]["sha256"] != c.sha256 for t, c in cards.items()):
+    if not _matches(members, cards):
         return (f"the fused graph ({names}) no longer matches the default models: unused "
                 "(python -m meshfer.models.fused rebuilds it)")
     return f"the default models ({names}) and their features also run as one ONNX graph: fused/{DEFAULT_FUSED}.onnx"
