@@ -185,12 +185,17 @@ class _BlockTensorFlow(importlib.abc.MetaPathFinder):
         return None
 
 
-class _LazyDrawingModules(importlib.abc.MetaPathFinder):
-    """Loads MediaPipe's drawing helpers lazily (on first attribute access) while MediaPipe is
-    being imported: they import matplotlib.pyplot, ~1 s of a 2 s cold start, and meshfer never
-    draws with them."""
+class _LazyUnusedModules(importlib.abc.MetaPathFinder):
+    """Loads the parts of MediaPipe that meshfer never uses lazily (on first attribute access)
+    while MediaPipe is being imported: the drawing helpers import matplotlib.pyplot (~1 s of a 2 s
+    cold start), the audio tasks import sounddevice and PortAudio, and the text, retrieval and
+    decision tasks their own modules (together ~75 ms of every start)."""
 
-    NAMES = frozenset({"mediapipe.tasks.python.vision.drawing_utils", "mediapipe.tasks.python.vision.drawing_styles"})
+    NAMES = frozenset({
+        "mediapipe.tasks.python.vision.drawing_utils", "mediapipe.tasks.python.vision.drawing_styles",
+        "mediapipe.tasks.python.audio", "mediapipe.tasks.python.text", "mediapipe.tasks.python.retrieval",
+        "mediapipe.tasks.python.decision",
+    })
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name not in self.NAMES:
@@ -217,7 +222,7 @@ def import_mediapipe() -> tuple[Any, Any]:
     with _import_lock:
         hooks: list[importlib.abc.MetaPathFinder] = []
         if "mediapipe" not in sys.modules:
-            hooks.append(_LazyDrawingModules())
+            hooks.append(_LazyUnusedModules())
             if "tensorflow" not in sys.modules:
                 hooks.append(_BlockTensorFlow())
         sys.meta_path[:0] = hooks

@@ -159,8 +159,9 @@ class VideoSource:
 @dataclass
 class FrameResult:
     """One analysed frame: its record, the mesh and the models' raw outputs (None without a
-    face; see :meth:`Predictor.predict_arrays`), and the seconds spent in the landmarker and in
-    features + models. :attr:`prediction` gives the outputs as a :class:`FacePrediction`."""
+    face; see :meth:`Predictor.predict_arrays`), and the seconds spent in the landmarker (with
+    the face crop it cuts), in features + models + temporal, and in the crop alone.
+    :attr:`prediction` gives the outputs as a :class:`FacePrediction`."""
 
     record: FrameRecord
     mesh: FaceMesh | None
@@ -168,6 +169,7 @@ class FrameResult:
     landmarker_s: float
     models_s: float
     predictor: Predictor | None = dataclasses.field(default=None, repr=False)
+    crop_s: float = 0.0
 
     @property
     def prediction(self) -> FacePrediction | None:
@@ -216,9 +218,11 @@ class VideoAnalyzer:
         ts_ms = max(int(round(timestamp_s * 1000.0)), self._last_ms + 1)  # MediaPipe wants strictly increasing ms
         self._last_ms = ts_ms
 
+        crop_before = self.landmarker.crop_seconds
         t0 = time.perf_counter()
         faces = self.landmarker.detect_for_video(self._rgb, ts_ms)
         t1 = time.perf_counter()
+        crop_s = self.landmarker.crop_seconds - crop_before
         index = len(self.timeline)
         if not faces:
             self._expression.reset()
@@ -226,7 +230,7 @@ class VideoAnalyzer:
             self.blinks.update(None, timestamp_s)
             record = FrameRecord(index, float(timestamp_s), False, blinks=self.blinks.count)
             self.timeline.append(record)
-            return FrameResult(record, None, None, t1 - t0, time.perf_counter() - t1)
+            return FrameResult(record, None, None, t1 - t0, time.perf_counter() - t1, crop_s=crop_s)
         mesh = faces[0]
         outputs = self.predictor.predict_arrays(
             mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size], dtype=np.float32),
@@ -234,7 +238,7 @@ class VideoAnalyzer:
         )
         record = self._record(index, float(timestamp_s), outputs)
         self.timeline.append(record)
-        return FrameResult(record, mesh, outputs, t1 - t0, time.perf_counter() - t1, self.predictor)
+        return FrameResult(record, mesh, outputs, t1 - t0, time.perf_counter() - t1, self.predictor, crop_s)
 
     def _record(self, index: int, t: float, outputs: dict[str, np.ndarray]) -> FrameRecord:
         record = FrameRecord(index, t, True)

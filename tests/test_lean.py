@@ -97,7 +97,8 @@ def test_predict_without_training_stack(onnx_expression_model: Path) -> None:
     image = _face_image()
     # An ONNX model given by its card, and the shipped defaults (whatever is installed).
     for model_args in (["--model", str(onnx_expression_model)], []):
-        proc, loaded = _run_blocked(["predict", str(image), "--json", *model_args], TRAINING_STACK, ("matplotlib",))
+        proc, loaded = _run_blocked(["predict", str(image), "--json", *model_args], TRAINING_STACK,
+                                    ("matplotlib", "mediapipe.tasks.python.audio.audio_classifier"))
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         assert result["image"] == str(image) and result["face"] is True
@@ -110,7 +111,8 @@ def test_predict_without_training_stack(onnx_expression_model: Path) -> None:
 
             for key, task in (("expression", "expression"), ("eyes", "eye"), ("gaze", "gaze"), ("mouth", "mouth")):
                 assert (key in result) == (default_card(task) is not None)
-        # Nothing of the training stack, and not matplotlib (MediaPipe's drawing helpers stay unloaded).
+        # Nothing of the training stack, and not matplotlib (MediaPipe's drawing helpers stay unloaded),
+        # nor MediaPipe's audio tasks (loaded lazily).
         assert loaded == [], loaded
 
 
@@ -188,3 +190,23 @@ def test_runtime_requirements_are_lean_and_consistent() -> None:
     for name, version in pins.items():
         if name in full:
             assert full[name] == version, f"{name}: {version} here, {full[name]} in requirements.txt"
+
+
+def test_mediapipe_parts_meshfer_skips_still_load_on_use() -> None:
+    """MediaPipe's audio, text, retrieval and decision tasks and drawing helpers are loaded lazily
+    by meshfer's import; a program that uses them after meshfer still gets them."""
+    code = (
+        "import sys\n"
+        "from meshfer.landmarks import import_mediapipe\n"
+        "mp, vision = import_mediapipe()\n"
+        "skipped = ['mediapipe.tasks.python.audio.audio_classifier', 'mediapipe.tasks.python.text.text_classifier']\n"
+        "assert not any(m in sys.modules for m in skipped), [m for m in skipped if m in sys.modules]\n"
+        "assert vision.FaceLandmarker.__name__ == 'FaceLandmarker'\n"
+        "assert mp.tasks.audio.AudioClassifier.__name__ == 'AudioClassifier'\n"
+        "assert mp.tasks.text.TextClassifier.__name__ == 'TextClassifier'\n"
+        "from mediapipe.tasks.python.vision import drawing_utils\n"
+        "assert callable(drawing_utils.draw_landmarks)\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

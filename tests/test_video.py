@@ -318,6 +318,9 @@ def test_video_api_in_process(clip: Path, photos: list[Path], tiny_models: dict[
     flags = [r.record.face for r in results]
     assert flags[4:7] == [False] * 3 and all(flags[:4]) and all(flags[7:])
     assert all(r.mesh is not None and r.prediction is not None for r in results if r.record.face)
+    # the crop's seconds are reported apart (they are inside the landmarker's)
+    assert all(0 <= r.crop_s < r.landmarker_s for r in results)
+    assert all((r.crop_s > 0) == (r.record.face and predictor.crop_spec is not None) for r in results)
     # With smoothing off, each record says what the frame's own prediction says.
     for r in results:
         if not r.record.face:
@@ -380,4 +383,9 @@ def test_benchmark_script_runs(small_dataset: Path, tmp_path: Path) -> None:
     video = results["video"]
     assert video["size"] == [640, 480] and video["cpus"] and len(video["cpus"]) == 1
     assert video["end_to_end"]["frames"] == 20 and video["end_to_end"]["faces"] >= 15
-    assert video["landmarker_only"]["fps"] > 0
+    assert video["landmarker_only"]["fps"] > 0 and video["landmarker_decoding"]["frames"] == 20
+    # the one-graph issue's measures: the crop counted with the models, not inside the landmarker
+    e2e = video["end_to_end"]
+    assert 0 < e2e["models_over_landmarker"] < e2e["cost_over_landmarker"]
+    assert "crop + features + models + temporal =" in proc.stdout and "x the landmarker only" in proc.stdout
+    assert results["stages"][0]["cost_over_inference"] > 0 and "% of MediaPipe's inference" in proc.stdout
