@@ -33,7 +33,7 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -82,6 +82,8 @@ class ExtractStats:
     engine_ready_s: float = 0.0
     n_batches: int = 0
     actor_gap_s: float = 0.0
+    #: Ray engine only: the cluster nodes whose actors sent back rows (Ray node ids).
+    engine_nodes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -1,11 +1,13 @@
 """Mesh extraction on a Ray cluster (Ray Data): ``extract(..., engine="ray")``, ``meshfer extract --engine ray``.
 
-The images still to do become a Ray dataset of (index, path) rows; :class:`MeshActor`, a callable
-class holding one MediaPipe landmarker per actor, runs over it through ``map_batches`` on a
-fixed-size actor pool (one CPU per actor). Each actor reads its images itself, from the path (a
-shared file system: every node sees the data at the same path), and returns the same per-image
-records as the local engine's worker processes (:func:`meshfer.extract.process_image`), crops
-included. The driver (this process) turns them back into rows for :func:`meshfer.extract.extract`,
+The images still to do are cut into batches of (index, path) rows and run by :class:`MeshActor`,
+a class holding one MediaPipe landmarker per actor: by default Ray Core actors (one CPU each,
+spread over the nodes) to which the driver hands batches, two queued per actor so that none waits
+(``api="actors"``); or, with ``api="data"``, a Ray dataset through ``map_batches`` on a fixed-size
+actor pool (Ray Data, slower to start: each actor imports Ray Data and pyarrow). Each actor reads
+its images itself, from the path (a shared file system: every node sees the data at the same path),
+and returns the same per-image records as the local engine's worker processes
+(:func:`meshfer.extract.process_image`), crops included. The driver (this process) turns them back into rows for :func:`meshfer.extract.extract`,
 which does everything else exactly as for the local engine: the cache, the checkpoints, the order,
 the progress bar, the summary.
 
@@ -14,11 +16,11 @@ object store; each actor writes it (checked by its SHA-256) to its node's tempor
 meshfer package itself must be installed on the nodes (the same image as the driver), or given in
 ``runtime_env`` (``{"py_modules": [...]}``).
 
-Failures: an actor that dies (killed for memory, a lost node, ``ray.kill``) is restarted by Ray and
-its batch run again (``max_task_retries`` times); a batch whose actor keeps dying is dropped by Ray
-(``max_errored_blocks``) and its images are run again one by one, once; an image during which an
-actor dies then too gets the local engine's :data:`~meshfer.extract.WORKER_DIED` row. Rows are
-keyed by their index, so an image is never counted twice.
+Failures: an actor that dies (killed for memory, a lost node, ``ray.kill``) is restarted by Ray
+(on another node when its own is gone) and its batches run again (``max_task_retries`` times); a
+batch whose actor keeps dying is given up and its images are run again one by one, once; an image
+during which an actor dies then too gets the local engine's :data:`~meshfer.extract.WORKER_DIED`
+row. Rows are keyed by their index, so an image is never counted twice.
 
 Ray is imported only here, and only when the engine runs: ``import meshfer`` never loads it.
 """
@@ -53,6 +55,8 @@ ENV_ADDRESS = "MESHFER_RAY_ADDRESS"
 #: Images per Ray task by default: Ray's scheduling costs about 40 ms of an actor's time between two
 #: tasks on a busy 2-core machine, 1 % of MediaPipe's time for 64 photos (6 % for 16).
 BATCH_SIZE = 64
+#: The ways of running the actors (see :class:`RayEngine`).
+API_CHOICES = ("actors", "data")
 #: Set for the Ray processes this engine starts: no usage statistics are sent anywhere, and Ray's
 #: C++ log lines go to its log files only (this process prints what happened itself).
 _RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_BACKEND_LOG_LEVEL": "fatal"}
@@ -71,10 +75,13 @@ class RayEngine:
     cluster). ``batch_size``: images per Ray task (default: up to :data:`BATCH_SIZE`, fewer when there are
     too few images to give each actor four batches). ``max_task_retries``: how often a batch whose
     actor died is run again before its images are retried one by one. ``runtime_env`` is passed to
-    ``ray.init`` (e.g. ``{"py_modules": [...]}`` on a cluster without meshfer installed).
+    ``ray.init`` (e.g. ``{"py_modules": [...]}`` on a cluster without meshfer installed). ``api``:
+    ``"actors"`` (Ray Core actors fed by the driver, the default) or ``"data"`` (Ray Data's
+    ``map_batches`` on an actor pool; its actors take seconds longer to start).
     """
 
     address: str | None = None
+    api: str = "actors"
     actors: int | None = None
     batch_size: int | None = None
     max_task_retries: int = 2
@@ -99,6 +106,8 @@ class RayEngine:
     ) -> None:
         """Extract ``records[i]`` for every ``i`` in ``todo``, handing each batch of rows (with
         ``_index``) to ``collect`` as it arrives. Used by :func:`meshfer.extract.extract`."""
+        if self.api not in API_CHOICES:
+            raise MeshferError(f"RayEngine(api={self.api!r}): choose one of {', '.join(API_CHOICES)}")
         running = sys.modules.get("ray")
         saved_env = {} if running is not None and running.is_initialized() else _push_env(_RAY_ENV)
         try:
@@ -108,7 +117,7 @@ class RayEngine:
 
     def _run(self, records: Sequence[Any], todo: Sequence[int], options: Any, workers: int | None,
              collect: Callable[[list[dict[str, Any]]], None], bar: Any, stats: Any) -> None:
-        ray = _import_ray()  # after the environment is set: Ray's C++ core reads it when loaded
+        ray = _import_ray(data=self.api == "data")  # after the environment is set: Ray's C++ core reads it
         t0 = time.perf_counter()
         t0_wall = time.time()
         check = _ModelCheck(options)  # a model MediaPipe refuses: one line here, while Ray starts
@@ -169,6 +178,9 @@ class RayEngine:
                             object_store_memory=self.object_store_memory, include_dashboard=False,
                             _node_ip_address="127.0.0.1", _temp_dir=self.temp_dir, **kwargs,
                         )
+                    elif _loopback(self.address):
+                        with _loopback_cluster():
+                            ray.init(address=self.address, _node_ip_address="127.0.0.1", **kwargs)
                     else:
                         ray.init(address=self.address, **kwargs)
                 started = True
@@ -217,11 +229,74 @@ class _Runner:
         self.ray, self.engine, self.records, self.options = ray, engine, records, options
         self.shipped, self.collect, self.bar, self.stats, self.seen = shipped, collect, bar, stats, seen
         self.calls: set[tuple[int, float, float]] = set()  # (actor pid, start, end) of each call
+        self.nodes: set[str] = set()  # Ray node ids of the actors that sent rows
 
     def stream(self, indices: list[int], n_actors: int, batch_size: int, retries: int, alone: bool = False) -> None:
         """Run ``indices`` through a pool of ``n_actors``, ``batch_size`` images per task, a task
         whose actor died run again ``retries`` times. ``alone``: one task at a time per actor (the
         tasks queued on an actor die with it)."""
+        try:
+            with _quiet_ray_logs():
+                if self.engine.api == "data":
+                    self._stream_data(indices, n_actors, batch_size, retries, alone)
+                else:
+                    self._stream_actors(indices, n_actors, batch_size, retries, alone)
+            self._count_gaps()
+        except LandmarkerModelError:
+            raise
+        except Exception as exc:
+            cause = _first_line(exc)
+            if "LandmarkerModelError" in cause or "MediaPipe" in cause:
+                raise LandmarkerModelError(cause) from None
+            raise MeshferError(f"the Ray run failed ({cause}); what was extracted is saved") from None
+
+    def _batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        return {"index": np.array(indices, np.int64),
+                "path": np.array([os.fsencode(str(self.records[i].path)) for i in indices], dtype=object)}
+
+    def _stream_actors(self, indices: list[int], n_actors: int, batch_size: int, retries: int, alone: bool) -> None:
+        """Ray Core actors, each given work once it has started (so that no batch waits behind an
+        actor still starting on a slow node) and then kept two batches ahead (one when ``alone``);
+        a batch whose actor died more than ``retries`` times is left out (its images stay unseen)."""
+        ray = self.ray
+        remote = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=retries)(MeshActor)
+        actors = [
+            remote.options(scheduling_strategy="SPREAD").remote(
+                self.shipped["model"], self.shipped["sha256"], self.options, self.engine.fault)
+            for _ in range(n_actors)
+        ]
+        queue = iter([indices[k:k + batch_size] for k in range(0, len(indices), batch_size)])
+        pending: dict[Any, tuple[int, bool]] = {actor.ready.remote(): (a, True) for a, actor in enumerate(actors)}
+
+        def submit(a: int) -> None:
+            chunk = next(queue, None)
+            if chunk is not None:
+                pending[actors[a].__call__.remote(self._batch(chunk))] = (a, False)
+
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                a, probe = pending.pop(done[0])
+                try:
+                    batch = ray.get(done[0])
+                except ray.exceptions.RayActorError as exc:
+                    if "LandmarkerModelError" in str(exc):
+                        raise LandmarkerModelError(_first_line(exc)) from None
+                    batch = None  # its actor kept dying: the images are retried one by one
+                if probe:
+                    for _ in range(1 if alone else 2):
+                        submit(a)
+                    continue
+                if batch is not None:
+                    self._take(batch)
+                submit(a)
+        finally:
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+
+    def _stream_data(self, indices: list[int], n_actors: int, batch_size: int, retries: int, alone: bool) -> None:
+        """Ray Data: a dataset of the rows through ``map_batches`` on an actor pool."""
         import ray.data
 
         items = [{"index": int(i), "path": os.fsencode(str(self.records[i].path))} for i in indices]
@@ -232,7 +307,7 @@ class _Runner:
         ctx.print_on_execution_start = False
         ctx.max_errored_blocks = -1  # a batch whose actor keeps dying is dropped; its images are retried
         try:
-            with _quiet_ray_logs(), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 # max_restarts / max_task_retries have no named parameter in Ray 2.60 yet
                 warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
                 ds = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
@@ -247,17 +322,10 @@ class _Runner:
                     num_cpus=1,
                     max_restarts=-1,
                     max_task_retries=retries,
+                    scheduling_strategy="SPREAD",
                 )
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                     self._take(batch)
-            self._count_gaps()
-        except LandmarkerModelError:
-            raise
-        except Exception as exc:
-            cause = _first_line(exc)
-            if "LandmarkerModelError" in cause or "MediaPipe" in cause:
-                raise LandmarkerModelError(cause) from None
-            raise MeshferError(f"the Ray run failed ({cause}); what was extracted is saved") from None
         finally:
             for k, v in saved.items():
                 setattr(ctx, k, v)
@@ -287,6 +355,10 @@ class _Runner:
             return
         for pid, start, end in zip(batch["pid"], batch["call_start"], batch["call_end"]):
             self.calls.add((int(pid), float(start), float(end)))  # a block may hold several calls
+        nodes = {str(n) for n in batch.get("node", ())}
+        if not nodes <= self.nodes:
+            self.nodes |= nodes
+            self.stats.engine_nodes = sorted(set(self.stats.engine_nodes) | nodes)
         self.stats.worker_s += sum(r.pop("worker_s", 0.0) for r in rows)
         self.collect(rows)
         if self.bar is not None:
@@ -313,6 +385,11 @@ class MeshActor:
         self.landmarker = FaceLandmarker(self.options)
         self.side = self.options.crop.size if self.options.crop is not None else 0
         self.fault = fault
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def ready(self) -> str:
+        """This actor's node (a call that returns once the landmarker is loaded)."""
+        return self.node
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .extract import process_image
@@ -334,6 +411,7 @@ class MeshActor:
         out["pid"] = np.full(len(rows), os.getpid(), np.int64)
         out["call_start"] = np.full(len(rows), start)
         out["call_end"] = np.full(len(rows), time.time())
+        out["node"] = np.array([self.node] * len(rows), dtype=object)
         return out
 
     def _maybe_fail(self, path: str) -> None:
@@ -447,10 +525,13 @@ def engine_from_env() -> RayEngine | None:
     raise MeshferError(f"${ENV_ENGINE}={name!r}: the extraction engine must be 'local' or 'ray'")
 
 
-def _import_ray() -> Any:
+def _import_ray(data: bool = False) -> Any:
+    """Ray (and Ray Data when ``data``: seconds of imports the default engine does without)."""
     try:
         import ray
-        import ray.data  # noqa: F401
+
+        if data:
+            import ray.data  # noqa: F401
     except ImportError as exc:
         raise MeshferError(
             f"the Ray engine needs Ray Data ({exc}); install it with: python -m pip install 'meshfer[ray]'"
@@ -480,6 +561,27 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     except OSError as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise MeshferError(f"cannot connect to Ray at {address} ({reason}; is the cluster running?)") from None
+
+
+def _loopback(address: str) -> bool:
+    """Whether a ``HOST:PORT`` address (not Ray Client's ``ray://``) names this machine's loopback."""
+    host = address.rpartition(":")[0].strip("[]")
+    return not address.startswith("ray://") and host in ("127.0.0.1", "localhost", "::1")
+
+
+@contextlib.contextmanager
+def _loopback_cluster() -> Iterator[None]:
+    """Ray rewrites a loopback address to this machine's outer IP, where a cluster bound to
+    127.0.0.1 (``ray start --node-ip-address=127.0.0.1``) does not listen: for the duration, this
+    machine's address is its loopback, as Ray has it on machines without cluster support."""
+    import ray._private.ray_constants as constants
+
+    saved = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved
 
 
 def _restore_env(saved: dict[str, str | None]) -> None:

@@ -84,11 +84,13 @@ def assert_same_table(a: MeshTable, b: MeshTable) -> None:
     assert np.abs(a.crops.astype(int) - b.crops.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("api", ["actors", "data"])
 def test_ray_engine_gives_the_local_engines_table(ray_cluster, mixed_data: Path, reference: MeshTable,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, api: str) -> None:
     out = tmp_path / "m.npz"
     stats = ExtractStats()
-    table = extract(mixed_data, out, workers=2, engine="ray", progress=False, stats=stats)
+    engine = "ray" if api == "actors" else RayEngine(api=api)  # "ray": the default engine, Ray Core actors
+    table = extract(mixed_data, out, workers=2, engine=engine, progress=False, stats=stats)
     assert stats.engine == "ray" and stats.n_processed == len(reference) == 30
     assert_same_table(reference, table)
     assert_same_table(reference, MeshTable.load(out))
@@ -96,6 +98,7 @@ def test_ray_engine_gives_the_local_engines_table(ray_cluster, mixed_data: Path,
     assert failed["text.jpg"] == "not a readable image" and failed["blank.png"] == "no face found"
     assert NON_UTF8 in {Path(p).name for p in table.paths}
     assert stats.n_batches >= 2 and stats.worker_s > 0 and stats.inference_s > 0
+    assert stats.engine_nodes == [ray.get_runtime_context().get_node_id()]
 
 
 def test_an_actor_killed_mid_run_costs_no_image(ray_cluster, mixed_data: Path, reference: MeshTable,
@@ -228,6 +231,13 @@ def test_import_meshfer_does_not_import_ray() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_an_unknown_ray_api_is_one_line(mixed_data: Path) -> None:
+    from meshfer.errors import MeshferError
+
+    with pytest.raises(MeshferError, match="choose one of actors, data"):
+        extract(mixed_data, None, workers=1, progress=False, engine=RayEngine(api="spark"))
 
 
 def test_the_engine_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
