@@ -9,9 +9,7 @@ The cluster is started and stopped by this module; the driver joins it by addres
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from meshfer.extract import ExtractStats, extract  # noqa: E402
 from meshfer.meshtable import MeshTable  # noqa: E402
 from meshfer.ray_engine import RayEngine  # noqa: E402
 
-from test_ray_engine import assert_same_table  # noqa: E402
+from test_ray_engine import assert_same_table, ray_test_env  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +33,17 @@ def two_nodes():
 
     if ray.is_initialized():
         ray.shutdown()
-    temp = tempfile.mkdtemp(prefix="mrc-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "RAY_BACKEND_LOG_LEVEL")}
-    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_BACKEND_LOG_LEVEL="fatal")
-    common = dict(node_ip_address="127.0.0.1", object_store_memory=150 * 2**20, temp_dir=temp)
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, include_dashboard=False, **common))
-    try:
-        worker = cluster.add_node(num_cpus=1, **common)
-        cluster.wait_for_nodes()
-        yield cluster, worker
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        shutil.rmtree(temp, ignore_errors=True)
+    with ray_test_env("mrc-") as temp:
+        common = dict(node_ip_address="127.0.0.1", object_store_memory=150 * 2**20, temp_dir=temp)
+        cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, include_dashboard=False, **common))
+        try:
+            worker = cluster.add_node(num_cpus=1, **common)
+            cluster.wait_for_nodes()
+            yield cluster, worker
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            cluster.shutdown()
 
 
 @pytest.fixture(scope="module")

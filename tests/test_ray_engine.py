@@ -8,6 +8,7 @@ folder) is started once for the module and stopped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -32,21 +34,31 @@ from meshfer.ray_engine import RayEngine  # noqa: E402
 NON_UTF8 = os.fsdecode(b"caf\xe9.jpg")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray instance for this module: 127.0.0.1, 2 CPUs, no dashboard, no usage stats."""
-    temp = tempfile.mkdtemp(prefix="mray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+@contextlib.contextmanager
+def ray_test_env(prefix: str) -> Iterator[str]:
+    """A short temporary folder for Ray (its socket paths must fit 107 bytes), no usage statistics
+    and no C++ log lines for the duration; the folder and the variables are restored after."""
+    temp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "RAY_BACKEND_LOG_LEVEL")}
     os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_BACKEND_LOG_LEVEL="fatal")
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
-             _node_ip_address="127.0.0.1", _temp_dir=temp, log_to_driver=False, logging_level=logging.WARNING)
     try:
-        yield ray.get_runtime_context().gcs_address
+        yield temp
     finally:
-        ray.shutdown()
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance for this module: 127.0.0.1, 2 CPUs, no dashboard, no usage stats."""
+    with ray_test_env("mray-") as temp:
+        ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", _temp_dir=temp, log_to_driver=False, logging_level=logging.WARNING)
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
