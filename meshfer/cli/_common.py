@@ -153,8 +153,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     """``--engine local|ray`` and ``--address ADDR``: where the face meshes are extracted."""
     p.add_argument(
         "--engine", choices=["local", "ray"], default=None,
-        help="where the face meshes are extracted: 'local' worker processes, or 'ray' (Ray Data: a local Ray "
-        "instance started for the run, or the cluster given by --address); default: $MESHFER_ENGINE, else local",
+        help="where the face meshes are extracted: 'local' worker processes, or 'ray' (Ray actors, one landmarker "
+        "each: a local Ray instance started for the run, or the cluster given by --address); default: "
+        "$MESHFER_ENGINE, else local",
     )
     p.add_argument(
         "--address", metavar="ADDR",
