@@ -1,4 +1,4 @@
-"""Mesh extraction on a Ray cluster (Ray Data): ``extract(..., engine="ray")``, ``meshfer extract --engine ray``.
+"""Mesh extraction on a Ray cluster: ``extract(..., engine="ray")``, ``meshfer extract --engine ray``.
 
 The images still to do are cut into batches of (index, path) rows and run by :class:`MeshActor`,
 a class holding one MediaPipe landmarker per actor: by default Ray Core actors (one CPU each,
@@ -7,9 +7,9 @@ spread over the nodes) to which the driver hands batches, two queued per actor s
 actor pool (Ray Data, slower to start: each actor imports Ray Data and pyarrow). Each actor reads
 its images itself, from the path (a shared file system: every node sees the data at the same path),
 and returns the same per-image records as the local engine's worker processes
-(:func:`meshfer.extract.process_image`), crops included. The driver (this process) turns them back into rows for :func:`meshfer.extract.extract`,
-which does everything else exactly as for the local engine: the cache, the checkpoints, the order,
-the progress bar, the summary.
+(:func:`meshfer.extract.process_image`), crops included. The driver (this process) turns them back
+into rows for :func:`meshfer.extract.extract`, which does everything else exactly as for the local
+engine: the cache, the checkpoints, the order, the progress bar, the summary.
 
 What is shipped with the job: the landmarker file, resolved once on the driver and put in Ray's
 object store; each actor writes it (checked by its SHA-256) to its node's temporary folder. The
