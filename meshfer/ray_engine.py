@@ -89,7 +89,8 @@ class RayEngine:
     temp_dir: str | None = None
     runtime_env: dict[str, Any] | None = None
     #: Testing only: (marker file or None, image file name): an actor processing that image ends
-    #: its process (os._exit) - once when a marker file is given (it is created), else every time.
+    #: its process (os._exit) - once when a marker file is given (it is created), else every time;
+    #: the name ``"<init>"`` makes every actor's constructor raise instead.
     fault: tuple[str | None, str] | None = field(default=None, repr=False)
 
     name = "ray"
@@ -282,6 +283,10 @@ class _Runner:
                 except ray.exceptions.RayActorError as exc:
                     if "LandmarkerModelError" in str(exc):
                         raise LandmarkerModelError(_first_line(exc)) from None
+                    if getattr(exc, "actor_init_failed", False):  # its constructor raised (meshfer missing
+                        # on a node, say): every actor would; the exception's own line says why
+                        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                        raise MeshferError(f"a Ray actor could not start: {lines[-1] if lines else exc}") from None
                     batch = None  # its actor kept dying: the images are retried one by one
                 if probe:
                     for _ in range(1 if alone else 2):
@@ -379,6 +384,8 @@ class MeshActor:
         from .landmarks import FaceLandmarker
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C
+        if fault is not None and fault[1] == "<init>":
+            raise ImportError("injected: this actor cannot start")
         data = ray.get(model) if isinstance(model, ray.ObjectRef) else model
         path = _model_file(data, sha256)
         self.options = replace(options, model_path=path, download=False)

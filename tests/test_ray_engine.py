@@ -137,6 +137,13 @@ def test_an_image_that_kills_every_actor_is_reported_by_name(ray_cluster, mixed_
     assert stats.n_workers_lost >= 1
 
 
+def test_actors_that_cannot_start_end_the_run_with_the_reason(ray_cluster, mixed_data: Path) -> None:
+    from meshfer.errors import MeshferError
+
+    with pytest.raises(MeshferError, match="a Ray actor could not start: ImportError: injected"):
+        extract(mixed_data, None, workers=2, progress=False, engine=RayEngine(fault=(None, "<init>")))
+
+
 class _Spy(RayEngine):
     """A RayEngine that counts its runs and the images sent (and can stop the run early)."""
 
