@@ -230,7 +230,6 @@ class _Runner:
         self.ray, self.engine, self.records, self.options = ray, engine, records, options
         self.shipped, self.collect, self.bar, self.stats, self.seen = shipped, collect, bar, stats, seen
         self.calls: set[tuple[int, float, float]] = set()  # (actor pid, start, end) of each call
-        self.nodes: set[str] = set()  # Ray node ids of the actors that sent rows
 
     def stream(self, indices: list[int], n_actors: int, batch_size: int, retries: int, alone: bool = False) -> None:
         """Run ``indices`` through a pool of ``n_actors``, ``batch_size`` images per task, a task
@@ -361,9 +360,8 @@ class _Runner:
         for pid, start, end in zip(batch["pid"], batch["call_start"], batch["call_end"]):
             self.calls.add((int(pid), float(start), float(end)))  # a block may hold several calls
         nodes = {str(n) for n in batch.get("node", ())}
-        if not nodes <= self.nodes:
-            self.nodes |= nodes
-            self.stats.engine_nodes = sorted(set(self.stats.engine_nodes) | nodes)
+        if not nodes.issubset(self.stats.engine_nodes):  # as they come: a test watches them mid-run
+            self.stats.engine_nodes = sorted(nodes.union(self.stats.engine_nodes))
         self.stats.worker_s += sum(r.pop("worker_s", 0.0) for r in rows)
         self.collect(rows)
         if self.bar is not None:
