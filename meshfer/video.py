@@ -223,22 +223,30 @@ class VideoAnalyzer:
         faces = self.landmarker.detect_for_video(self._rgb, ts_ms)
         t1 = time.perf_counter()
         crop_s = self.landmarker.crop_seconds - crop_before
-        index = len(self.timeline)
         if not faces:
-            self._expression.reset()
-            self._gaze.reset()
-            self.blinks.update(None, timestamp_s)
-            record = FrameRecord(index, float(timestamp_s), False, blinks=self.blinks.count)
-            self.timeline.append(record)
+            record = self.push(timestamp_s, None)
             return FrameResult(record, None, None, t1 - t0, time.perf_counter() - t1, crop_s=crop_s)
         mesh = faces[0]
         outputs = self.predictor.predict_arrays(
             mesh.landmarks[None], mesh.blendshapes[None], np.array([mesh.image_size], dtype=np.float32),
             None if mesh.crop is None else mesh.crop[None],
         )
-        record = self._record(index, float(timestamp_s), outputs)
-        self.timeline.append(record)
+        record = self.push(timestamp_s, outputs)
         return FrameResult(record, mesh, outputs, t1 - t0, time.perf_counter() - t1, self.predictor, crop_s)
+
+    def push(self, timestamp_s: float, outputs: dict[str, np.ndarray] | None) -> FrameRecord:
+        """Add one frame to the timeline from its face's model outputs (:meth:`Predictor.predict_arrays`
+        for one face; None when no face was found): smoothing, labels and the blink count. Its record."""
+        index = len(self.timeline)
+        if outputs is None:
+            self._expression.reset()
+            self._gaze.reset()
+            self.blinks.update(None, timestamp_s)
+            record = FrameRecord(index, float(timestamp_s), False, blinks=self.blinks.count)
+        else:
+            record = self._record(index, float(timestamp_s), outputs)
+        self.timeline.append(record)
+        return record
 
     def _record(self, index: int, t: float, outputs: dict[str, np.ndarray]) -> FrameRecord:
         record = FrameRecord(index, t, True)

@@ -12,7 +12,7 @@ from typing import Sequence
 from .._version import __version__
 
 #: Sub-command modules, in the order ``meshfer --help`` lists them.
-COMMANDS = ["extract", "predict", "evaluate", "models", "train", "video", "sort"]
+COMMANDS = ["extract", "predict", "evaluate", "models", "train", "video", "sort", "web"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,184 @@
+"""The browser page in a real headless Chromium (Debian's ``chromium``, driven by Playwright; no
+browser download), served by ``meshfer web``'s server: the page's results on real photos against
+``meshfer predict --json``, a fake webcam stream from a video file, and the server's bounds.
+Skipped, with the reason, where Chromium, Playwright or the page's npm packages are missing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import LANDMARKER, PHOTOS, REPO, sample_images
+
+CHROMIUM = os.environ.get("MESHFER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("MESHFER_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
+
+
+def _why_not() -> str | None:
+    if CHROMIUM is None:
+        return "Chromium is not installed (apt-get install chromium; or set MESHFER_CHROMIUM)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright's Python package is not installed (pip install playwright)"
+    from meshfer.errors import MeshferError
+    from meshfer.web import web_root
+
+    try:
+        web_root()
+    except MeshferError as exc:
+        return str(exc)
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+
+
+@pytest.fixture(scope="module")
+def server():
+    from meshfer.web import PageServer
+
+    with PageServer(0, landmarker=LANDMARKER) as s:
+        yield s
+
+
+def _browser(pw, *args: str):
+    return pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", *args])
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.evaluate("window.meshfer.ready")
+    return page, errors
+
+
+def test_server_binds_loopback_and_serves_only_the_page(server) -> None:
+    assert server.url.startswith("http://127.0.0.1:")
+    config = json.loads(urllib.request.urlopen(server.url + "config.json").read())
+    assert config["tasks"]["expression"]["labels"][0] == "angry" and config["temporal"]["smoothing"] == 0.3
+    body = urllib.request.urlopen(server.url + "models/face_landmarker.task").read()
+    assert len(body) == LANDMARKER.stat().st_size
+    head = urllib.request.urlopen(server.url + "vendor/ort/ort-wasm-simd-threaded.wasm")
+    assert head.headers["Content-Type"] == "application/wasm"
+    graph = urllib.request.urlopen(server.url + config["graph"]["url"]).read()
+    assert hashlib.sha256(graph).hexdigest() == config["graph"]["sha256"]
+    for path in ("../pyproject.toml", "%2e%2e/pyproject.toml", "vendor/ort/../../package.json", "node_modules/onnxruntime-web/package.json",
+                 "package.json", "models/../web.py", "vendor/tasks-vision/../../../../meshfer/web.py"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(server.url + path)
+        assert err.value.code == 404, path
+
+
+def test_page_equals_predict_json_on_30_photos(server) -> None:
+    """The parity target: probabilities within 0.02 of `meshfer predict --json`, the label on >= 29 of 30."""
+    from playwright.sync_api import sync_playwright
+
+    photos = [p for files in sample_images(PHOTOS, 5).values() for p in files]
+    assert len(photos) == 30
+    proc = subprocess.run([sys.executable, "-m", "meshfer", "predict", "--json", *map(str, photos)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    expected = [json.loads(line) for line in proc.stdout.splitlines()]
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page, errors = _open(browser, server.url)
+        page.set_input_files("#file", [str(p) for p in photos])  # as a user opens them
+        got = page.evaluate("window.meshfer.lastRun")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-page-photos.png"), full_page=True)
+        browser.close()
+    assert not errors
+    assert [g["image"] for g in got] == [p.name for p in photos]
+    assert [g["face"] for g in got] == [e["face"] for e in expected]
+    faces = [(g, e) for g, e in zip(got, expected) if e["face"]]
+    assert len(faces) >= 28
+    worst = max(abs(g["expression"]["probabilities"][k] - v) for g, e in faces for k, v in e["expression"]["probabilities"].items())
+    agree = sum(g["expression"]["label"] == e["expression"]["label"] for g, e in faces)
+    print(f"\nweb page vs meshfer predict --json on {len(faces)} photos: largest probability difference {worst:.4f}, "
+          f"labels agree on {agree}")
+    assert worst <= 0.02 and agree >= len(faces) - 1
+    # The companion tasks come out of the same graph: their labels agree too, the gaze within 0.05
+    for task in ("mouth",):
+        assert sum(g[task]["label"] == e[task]["label"] for g, e in faces) >= len(faces) - 1
+    assert sum(g["eyes"][s]["label"] == e["eyes"][s]["label"] for g, e in faces for s in ("left", "right")) >= 2 * len(faces) - 3
+    assert max(abs(g["gaze"][k] - e["gaze"][k]) for g, e in faces for k in ("x", "y")) < 0.05
+
+
+def _letterbox(path: Path, width: int = 640, height: int = 480) -> np.ndarray:
+    img = cv2.imread(str(path))
+    h, w = img.shape[:2]
+    s = min(width / w, height / h)
+    img = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+    out = np.zeros((height, width, 3), np.uint8)
+    y, x = (height - img.shape[0]) // 2, (width - img.shape[1]) // 2
+    out[y : y + img.shape[0], x : x + img.shape[1]] = img
+    return out
+
+
+def _write_y4m(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
+    """A raw YUV 4:2:0 video, the format Chromium's fake camera plays."""
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as fh:
+        fh.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            fh.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
+
+
+def test_fake_webcam_stream(server, tmp_path: Path) -> None:
+    """Chromium's fake camera plays a clip (1.5 s of a smiling face, 1.5 s of a surprised one, looped):
+    the page finds the face in every frame, follows the expression and the mouth, and its summary
+    counts what its timeline holds."""
+    from playwright.sync_api import sync_playwright
+
+    from meshfer.predict import Predictor
+
+    happy, surprised = PHOTOS / "face_happy" / "Adrien_Brody_0001.jpg", sorted((PHOTOS / "face_surprised").iterdir())[0]
+    with Predictor() as predictor:  # what Python says of each still
+        ref = [predictor.predict_image(cv2.cvtColor(_letterbox(p), cv2.COLOR_BGR2RGB)).prediction for p in (happy, surprised)]
+    assert [r.expression.label for r in ref] == ["happy", "surprised"]
+    assert [r.mouth.label for r in ref] == ["closed", "open"]
+    clip = tmp_path / "camera.y4m"
+    _write_y4m(clip, [_letterbox(happy)] * 15 + [_letterbox(surprised)] * 15)
+    with sync_playwright() as pw:
+        browser = _browser(pw, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                           f"--use-file-for-fake-video-capture={clip}")
+        page, errors = _open(browser, server.url)
+        page.evaluate("() => { window.meshfer.lastRun = window.meshfer.startWebcam(); }")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # at least two passes of the clip
+            if page.evaluate("window.meshfer.records.length ? window.meshfer.records.at(-1).timestamp_s : 0") > 6.5:
+                break
+            time.sleep(0.5)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-page-webcam.png"), full_page=True)
+        page.evaluate("window.meshfer.stop()")
+        summary = page.evaluate("window.meshfer.lastRun")
+        records = page.evaluate("window.meshfer.records")
+        text = page.inner_text("#summary")
+        stats = page.evaluate("window.meshfer.stats")
+        browser.close()
+    assert not errors
+    print(f"\nfake webcam: {summary['frames']} frames at {stats['fps']:.1f} fps; {summary['expression_shares']}")
+    assert summary["frames"] == len(records) >= 20 and summary["interrupted"] is True
+    assert summary["faces"] >= 0.9 * summary["frames"]
+    shares = summary["expression_shares"]
+    assert shares["happy"] > 0.25 and shares["surprised"] > 0.25 and shares["happy"] + shares["surprised"] > 0.9
+    mouth = [r["mouth"] for r in records if r["face"]]
+    assert mouth.count("open") >= 3 and mouth.count("closed") >= 3
+    assert summary["blinks"] == 0 and summary["perclos"] == 0.0  # open eyes in both stills
+    assert f"frames:          {summary['frames']}" in text and "attention:" in text

@@ -1,0 +1,170 @@
+// image -> mesh -> crop -> fused graph -> result, client-side, as meshfer.predict does it in Python:
+// MediaPipe's Face Landmarker for the web finds the face (the same attempts, thresholds and
+// largest-face rule as meshfer.landmarks, read from /config.json), crop.js cuts the same
+// mesh-aligned crop, and onnxruntime-web runs the same fused graph (raw landmarks, blendshapes,
+// image size and crop in; every task's output out), so no feature code is written twice.
+
+import { FilesetResolver, FaceLandmarker } from './vendor/tasks-vision/vision_bundle.mjs';
+import * as ort from './vendor/ort/ort.wasm.min.mjs';
+import { alignCrop } from './crop.js';
+
+const roundHalfEven = (v) => { const r = Math.round(v); return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r; };
+
+/** A canvas of `w` x `h` (an OffscreenCanvas where the browser has one). */
+function canvas(w, h) {
+  if (typeof OffscreenCanvas !== 'undefined') return new OffscreenCanvas(w, h);
+  const c = document.createElement('canvas'); c.width = w; c.height = h; return c;
+}
+
+export class Pipeline {
+  /** Load the page's config, the landmarker(s) and the fused graph (await Pipeline.create()). */
+  static async create(base = './') {
+    const p = new Pipeline();
+    p.config = await (await fetch(new URL('config.json', new URL(base, location.href)))).json();
+    const lm = p.config.landmarker;
+    const t0 = performance.now();
+    p.fileset = await FilesetResolver.forVisionTasks(new URL('vendor/tasks-vision/wasm', new URL(base, location.href)).href);
+    p.modelBuffer = new Uint8Array(await (await fetch(lm.url)).arrayBuffer());
+    p.strict = await p.landmarker('IMAGE', lm.min_face_detection_confidence, lm.min_face_presence_confidence, lm.faces_sought);
+    p.permissive = null;
+    p.video = null;
+    ort.env.wasm.wasmPaths = new URL('vendor/ort/', new URL(base, location.href)).href;
+    ort.env.wasm.numThreads = 1;
+    const graph = new Uint8Array(await (await fetch(p.config.graph.url)).arrayBuffer());
+    p.session = await ort.InferenceSession.create(graph, { executionProviders: ['wasm'] });
+    p.loadMs = performance.now() - t0;
+    p.tasks = Object.keys(p.config.tasks);
+    return p;
+  }
+
+  async landmarker(mode, detection, presence, faces) {
+    const lm = this.config.landmarker;
+    return FaceLandmarker.createFromOptions(this.fileset, {
+      baseOptions: { modelAssetBuffer: this.modelBuffer, delegate: 'CPU' },
+      runningMode: mode, numFaces: faces, outputFaceBlendshapes: true, outputFacialTransformationMatrixes: true,
+      minFaceDetectionConfidence: detection, minFacePresenceConfidence: presence,
+      minTrackingConfidence: lm.min_tracking_confidence,
+    });
+  }
+
+  /** An image, video frame or canvas as RGBA pixels at most max_side long (meshfer.landmarks'
+   *  limit): {canvas, rgba, width, height, size: [original width, original height]}. */
+  pixels(source, width, height) {
+    const max = this.config.landmarker.max_side, scale = Math.min(1, max / Math.max(width, height));
+    const w = Math.max(1, Math.round(width * scale)), h = Math.max(1, Math.round(height * scale));
+    const c = canvas(w, h), ctx = c.getContext('2d', { willReadFrequently: true });
+    ctx.imageSmoothingQuality = 'high';
+    ctx.drawImage(source, 0, 0, w, h);
+    return { canvas: c, rgba: ctx.getImageData(0, 0, w, h).data, width: w, height: h, size: [width, height] };
+  }
+
+  /** Faces in one picture (IMAGE mode): the attempts of meshfer.landmarks in order until one finds a
+   *  face; meshes largest first, each {landmarks: Float32Array(478*3), blendshapes: Float32Array(52),
+   *  attempt, faces_found}. */
+  async detect(px) {
+    const lm = this.config.landmarker;
+    for (const attempt of lm.attempts) {
+      let landmarker = this.strict;
+      if (attempt.permissive) {
+        this.permissive ??= await this.landmarker('IMAGE', lm.fallback_confidence, lm.fallback_confidence, 1);
+        landmarker = this.permissive;
+      }
+      let image = px.canvas, pad = 0, inner = [px.width, px.height];
+      if (attempt.pad > 0) {
+        const scale = Math.min(1, lm.max_side / (Math.max(px.width, px.height) * (1 + 2 * attempt.pad)));
+        if (scale < 1) inner = [Math.max(1, roundHalfEven(px.width * scale)), Math.max(1, roundHalfEven(px.height * scale))];
+        pad = Math.max(1, roundHalfEven(Math.max(...inner) * attempt.pad));
+        image = canvas(inner[0] + 2 * pad, inner[1] + 2 * pad);
+        const ctx = image.getContext('2d');
+        ctx.fillStyle = `rgb(${attempt.fill},${attempt.fill},${attempt.fill})`;
+        ctx.fillRect(0, 0, image.width, image.height);
+        ctx.imageSmoothingQuality = 'high';
+        ctx.drawImage(px.canvas, pad, pad, inner[0], inner[1]);
+      }
+      const result = landmarker.detect(image);
+      if (result.faceLandmarks.length) return this.meshes(result, px.size, attempt.name, pad, inner);
+    }
+    return [];
+  }
+
+  /** One VIDEO-mode frame (the strict landmarker, one face, as meshfer.video). */
+  async detectVideo(px, timestampMs) {
+    this.video ??= await this.landmarker('VIDEO', this.config.landmarker.min_face_detection_confidence,
+      this.config.landmarker.min_face_presence_confidence, 1);
+    return this.meshes(this.video.detectForVideo(px.canvas, timestampMs), px.size, 'video', 0, [px.width, px.height]);
+  }
+
+  meshes(result, size, attempt, pad, [w, h]) {
+    const names = this.config.landmarker.blendshapes;
+    const faces = result.faceLandmarks.map((points, i) => {
+      const landmarks = new Float32Array(points.length * 3);
+      const pw = w + 2 * pad, ph = h + 2 * pad;
+      points.forEach((p, j) => {
+        landmarks[3 * j] = pad ? (p.x * pw - pad) / w : p.x;
+        landmarks[3 * j + 1] = pad ? (p.y * ph - pad) / h : p.y;
+        landmarks[3 * j + 2] = pad ? (p.z * pw) / w : p.z;
+      });
+      const blendshapes = new Float32Array(names.length);
+      for (const c of result.faceBlendshapes[i]?.categories ?? []) {
+        const j = names.indexOf(c.categoryName);
+        if (j >= 0) blendshapes[j] = c.score;
+      }
+      return { landmarks, blendshapes, attempt, size, faces_found: result.faceLandmarks.length };
+    });
+    const area = (f) => {
+      let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+      for (let j = 0; j < f.landmarks.length; j += 3) {
+        x0 = Math.min(x0, f.landmarks[j]); x1 = Math.max(x1, f.landmarks[j]);
+        y0 = Math.min(y0, f.landmarks[j + 1]); y1 = Math.max(y1, f.landmarks[j + 1]);
+      }
+      return (x1 - x0) * size[0] * (y1 - y0) * size[1];
+    };
+    if (faces.length > 1) faces.sort((a, b) => area(b) - area(a));
+    return faces;
+  }
+
+  /** The fused graph on one face: each task's raw output ({expression: [K], eye: [[C], [C]],
+   *  gaze: [2], mouth: [C]}); `px` the pixels the face was found in (for the crop). */
+  async run(face, px) {
+    const spec = this.config.crop;
+    const crop = alignCrop(px.rgba, px.width, px.height, face.landmarks, spec);
+    const feeds = {
+      landmarks: new ort.Tensor('float32', face.landmarks, [1, 478, 3]),
+      blendshapes: new ort.Tensor('float32', face.blendshapes, [1, face.blendshapes.length]),
+      image_sizes: new ort.Tensor('float32', Float32Array.from(face.size), [1, 2]),
+    };
+    if (this.session.inputNames.includes('crop')) feeds.crop = new ort.Tensor('float32', Float32Array.from(crop), [1, spec.size, spec.size]);
+    const out = await this.session.run(feeds);
+    const get = (name) => Array.from(out[name].data, Number);
+    const outputs = {};
+    for (const task of this.tasks) {
+      if (!(task in out)) continue;
+      const v = get(task);
+      outputs[task] = task === 'eye' ? [v.slice(0, v.length / 2), v.slice(v.length / 2)] : v;
+    }
+    return { outputs, crop };
+  }
+
+  /** One face's outputs as `meshfer predict --json` prints them. */
+  prediction(outputs) {
+    const { tasks, eye_sides: sides } = this.config;
+    const classify = (labels, p) => ({ label: labels[p.indexOf(Math.max(...p))], probabilities: Object.fromEntries(labels.map((k, i) => [k, p[i]])) });
+    const out = {};
+    if (outputs.expression) out.expression = classify(tasks.expression.labels, outputs.expression);
+    if (outputs.eye) out.eyes = Object.fromEntries(sides.map((s, i) => [s, classify(tasks.eye.labels, outputs.eye[i])]));
+    if (outputs.gaze) out.gaze = Object.fromEntries(tasks.gaze.targets.map((k, i) => [k, outputs.gaze[i]]));
+    if (outputs.mouth) out.mouth = classify(tasks.mouth.labels, outputs.mouth);
+    return out;
+  }
+
+  /** A picture (image element, bitmap, canvas) analysed as `meshfer predict` does: the JSON
+   *  object of `meshfer predict --json`, plus the face's mesh and crop for drawing. */
+  async analyseImage(source, width, height, name = '<image>') {
+    const px = this.pixels(source, width, height);
+    const faces = await this.detect(px);
+    if (!faces.length) return { image: name, face: false, reason: 'no face found' };
+    const { outputs, crop } = await this.run(faces[0], px);
+    return { image: name, face: true, ...this.prediction(outputs), faces_found: faces[0].faces_found,
+      attempt: faces[0].attempt, mesh: faces[0], crop, outputs };
+  }
+}
