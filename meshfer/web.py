@@ -113,6 +113,9 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def end_headers(self) -> None:
         self.send_header("Cache-Control", "no-cache")
+        # Cross-origin isolation: lets onnxruntime-web run its graph on several threads (SharedArrayBuffer).
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
         super().end_headers()
 
     def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming

@@ -26,13 +26,7 @@ CHROMIUM = os.environ.get("MESHFER_CHROMIUM") or shutil.which("chromium") or shu
 ARTIFACTS = Path(os.environ.get("MESHFER_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
 
 
-def _why_not() -> str | None:
-    if CHROMIUM is None:
-        return "Chromium is not installed (apt-get install chromium; or set MESHFER_CHROMIUM)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "Playwright's Python package is not installed (pip install playwright)"
+def _page_missing() -> str | None:
     from meshfer.errors import MeshferError
     from meshfer.web import web_root
 
@@ -43,7 +37,42 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+def _browser_missing() -> str | None:
+    if CHROMIUM is None:
+        return "Chromium is not installed (apt-get install chromium; or set MESHFER_CHROMIUM)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright's Python package is not installed (pip install playwright)"
+    return _page_missing()
+
+
+needs_page = pytest.mark.skipif(_page_missing() is not None, reason=str(_page_missing()))
+needs_browser = pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+
+
+@needs_page
+def test_meshfer_web_command(tmp_path: Path) -> None:
+    """`meshfer web --port 0` prints the URL it serves on 127.0.0.1; Ctrl-C stops it; without the page's
+    folder it says so in one line."""
+    import signal
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "meshfer", "web", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("meshfer web: serving the page at http://127.0.0.1:"), line
+        url = line.split(" at ", 1)[1].split()[0]
+        assert b"<title>meshfer in the browser</title>" in urllib.request.urlopen(url).read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.strip().endswith("meshfer: interrupted")
+    missing = tmp_path / "nowhere"
+    bad = subprocess.run([sys.executable, "-m", "meshfer", "web", "--root", str(missing)], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and str(missing) in bad.stderr
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +88,23 @@ def _browser(pw, *args: str):
 
 
 def _open(browser, url: str):
+    """The page, loaded; the list its script errors and any request to another host (refused: the page
+    works offline) are added to."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def outside(route) -> None:
+        errors.append(f"request outside the server: {route.request.url}")
+        route.abort()
+
+    page.route(lambda u: not u.startswith(url), outside)
     page.goto(url)
     page.evaluate("window.meshfer.ready")
     return page, errors
 
 
+@needs_page
 def test_server_binds_loopback_and_serves_only_the_page(server) -> None:
     assert server.url.startswith("http://127.0.0.1:")
     config = json.loads(urllib.request.urlopen(server.url + "config.json").read())
@@ -84,6 +122,7 @@ def test_server_binds_loopback_and_serves_only_the_page(server) -> None:
         assert err.value.code == 404, path
 
 
+@needs_browser
 def test_page_equals_predict_json_on_30_photos(server) -> None:
     """The parity target: probabilities within 0.02 of `meshfer predict --json`, the label on >= 29 of 30."""
     from playwright.sync_api import sync_playwright
@@ -139,6 +178,7 @@ def _write_y4m(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
             fh.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
 
 
+@needs_browser
 def test_fake_webcam_stream(server, tmp_path: Path) -> None:
     """Chromium's fake camera plays a clip (1.5 s of a smiling face, 1.5 s of a surprised one, looped):
     the page finds the face in every frame, follows the expression and the mouth, and its summary
@@ -182,3 +222,23 @@ def test_fake_webcam_stream(server, tmp_path: Path) -> None:
     assert mouth.count("open") >= 3 and mouth.count("closed") >= 3
     assert summary["blinks"] == 0 and summary["perclos"] == 0.0  # open eyes in both stills
     assert f"frames:          {summary['frames']}" in text and "attention:" in text
+
+
+@needs_browser
+def test_bad_image_gets_its_row_and_the_rest_goes_on(server, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"this is not a JPEG")
+    photo = PHOTOS / "face_happy" / "Adrien_Brody_0001.jpg"
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page, errors = _open(browser, server.url)
+        page.set_input_files("#file", [str(broken), str(photo)])
+        got = page.evaluate("window.meshfer.lastRun")
+        rows = page.inner_text("#images tbody")
+        browser.close()
+    assert not errors
+    assert got[0] == {"image": "broken.jpg", "face": False, "reason": "unreadable image"}
+    assert got[1]["face"] and got[1]["expression"]["label"] == "happy"
+    assert "broken.jpg\tunreadable image" in rows

@@ -127,6 +127,7 @@ async function runVideo(video, label) {
   stream = new Stream(pipeline.config);
   const started = performance.now();
   let frames = 0, landmarkerMs = 0, modelsMs = 0, lastMs = -1;
+  $('live').hidden = false;
   const run = { stop: false, finish: null };
   running = run;
   $('stop').disabled = false; $('webcam').disabled = true;
@@ -196,6 +197,7 @@ async function onFiles(files) {
     return runVideo(video, videoFile.name);
   }
   $('images').querySelector('tbody').innerHTML = '';
+  $('live').hidden = true;
   const results = [];
   for (const [i, file] of list.entries()) {
     status(`image ${i + 1} of ${list.length}: ${file.name}`);
@@ -209,7 +211,8 @@ async function onFiles(files) {
 window.meshfer = {
   ready: (async () => {
     try {
-      pipeline = await Pipeline.create();
+      const threads = new URLSearchParams(location.search).get('threads');  // e.g. ?threads=1
+      pipeline = await Pipeline.create('./', threads ? Number(threads) : null);
       drawPanel(null);
       status(`ready (models loaded in ${(pipeline.loadMs / 1000).toFixed(1)} s): open an image, a video or the webcam`);
       $('webcam').disabled = false;

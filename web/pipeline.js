@@ -17,8 +17,10 @@ function canvas(w, h) {
 }
 
 export class Pipeline {
-  /** Load the page's config, the landmarker(s) and the fused graph (await Pipeline.create()). */
-  static async create(base = './') {
+  /** Load the page's config, the landmarker(s) and the fused graph (await Pipeline.create()).
+   *  `threads`: onnxruntime-web's threads (more than one needs a cross-origin isolated page, as
+   *  meshfer web serves it); default: the cores, at most 4. */
+  static async create(base = './', threads = null) {
     const p = new Pipeline();
     p.config = await (await fetch(new URL('config.json', new URL(base, location.href)))).json();
     const lm = p.config.landmarker;
@@ -29,7 +31,8 @@ export class Pipeline {
     p.permissive = null;
     p.video = null;
     ort.env.wasm.wasmPaths = new URL('vendor/ort/', new URL(base, location.href)).href;
-    ort.env.wasm.numThreads = 1;
+    ort.env.wasm.numThreads = self.crossOriginIsolated ? (threads ?? Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
+    p.threads = ort.env.wasm.numThreads;
     const graph = new Uint8Array(await (await fetch(p.config.graph.url)).arrayBuffer());
     p.session = await ort.InferenceSession.create(graph, { executionProviders: ['wasm'] });
     p.loadMs = performance.now() - t0;
@@ -47,15 +50,16 @@ export class Pipeline {
     });
   }
 
-  /** An image, video frame or canvas as RGBA pixels at most max_side long (meshfer.landmarks'
-   *  limit): {canvas, rgba, width, height, size: [original width, original height]}. */
+  /** An image, video frame or canvas on a canvas at most max_side long (meshfer.landmarks' limit):
+   *  {canvas, width, height, size: [original width, original height], rgba (its pixels, read on first use)}. */
   pixels(source, width, height) {
     const max = this.config.landmarker.max_side, scale = Math.min(1, max / Math.max(width, height));
     const w = Math.max(1, Math.round(width * scale)), h = Math.max(1, Math.round(height * scale));
     const c = canvas(w, h), ctx = c.getContext('2d', { willReadFrequently: true });
     ctx.imageSmoothingQuality = 'high';
     ctx.drawImage(source, 0, 0, w, h);
-    return { canvas: c, rgba: ctx.getImageData(0, 0, w, h).data, width: w, height: h, size: [width, height] };
+    let rgba = null;
+    return { canvas: c, width: w, height: h, size: [width, height], get rgba() { return (rgba ??= ctx.getImageData(0, 0, w, h).data); } };
   }
 
   /** Faces in one picture (IMAGE mode): the attempts of meshfer.landmarks in order until one finds a
