@@ -242,3 +242,31 @@ def test_bad_image_gets_its_row_and_the_rest_goes_on(server, tmp_path: Path) -> 
     assert got[0] == {"image": "broken.jpg", "face": False, "reason": "unreadable image"}
     assert got[1]["face"] and got[1]["expression"]["label"] == "happy"
     assert "broken.jpg\tunreadable image" in rows
+
+
+@needs_browser
+def test_video_file(server, tmp_path: Path) -> None:
+    """A video file opened in the page plays through to its end: its frames are timed by the file (6 s here,
+    as `meshfer video` reads it), both faces' expressions are followed, and the run ends by itself."""
+    from playwright.sync_api import sync_playwright
+
+    happy, surprised = PHOTOS / "face_happy" / "Adrien_Brody_0001.jpg", sorted((PHOTOS / "face_surprised").iterdir())[0]
+    clip = tmp_path / "clip.webm"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"VP80"), 10, (640, 480))
+    if not writer.isOpened():
+        pytest.skip("OpenCV cannot write a WebM (VP8) clip here")
+    for frame in ([_letterbox(happy)] * 15 + [_letterbox(surprised)] * 15) * 2:
+        writer.write(frame)
+    writer.release()
+    with sync_playwright() as pw:
+        browser = _browser(pw, "--autoplay-policy=no-user-gesture-required")
+        page, errors = _open(browser, server.url)
+        page.set_input_files("#file", [str(clip)])
+        summary = page.evaluate("window.meshfer.lastRun")
+        browser.close()
+    assert not errors
+    print(f"\nvideo file: {summary['frames']} of 60 frames analysed in real time; {summary['expression_shares']}")
+    assert summary["interrupted"] is False and summary["frames"] >= 20 and summary["faces"] == summary["frames"]
+    assert abs(summary["duration_s"] - 6.0) < 0.3
+    shares = summary["expression_shares"]
+    assert shares["happy"] > 0.3 and shares["surprised"] > 0.3

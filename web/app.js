@@ -133,7 +133,8 @@ async function runVideo(video, label) {
   $('stop').disabled = false; $('webcam').disabled = true;
   await new Promise((resolve) => {
     run.finish = resolve;  // stop() ends the run at once: a stopped camera sends no more frames
-    const step = async () => {
+    video.addEventListener('ended', () => resolve(), { once: true });  // no frame callback comes after the last
+    const step = async (mediaTime = null) => {
       if (run.stop || video.ended) { resolve(); return; }
       if (video.readyState >= 2 && video.videoWidth) {
         const now = performance.now(), ts = Math.max(Math.round(now), lastMs + 1);
@@ -150,7 +151,9 @@ async function runVideo(video, label) {
         const t2 = performance.now();
         if (run.stop) return;
         landmarkerMs += t1 - now; modelsMs += t2 - t1; frames += 1;
-        const record = stream.push((now - started) / 1000, outputs);
+        // A video file's frames carry their own time (as meshfer video reads a file's); the webcam's is the clock's.
+        const t = video.srcObject || mediaTime === null ? (now - started) / 1000 : mediaTime;
+        const record = stream.push(t, outputs);
         // Video shows the smoothed expression (label and bars), as meshfer video does.
         if (record.expression) result.expression = { label: record.expression, probabilities: record.expression_probabilities };
         drawFrame(video, video.videoWidth, video.videoHeight, result);
@@ -162,7 +165,7 @@ async function runVideo(video, label) {
         status(`${label}: ${frames} frames, ${fps.toFixed(1)} fps (landmarker ${(landmarkerMs / frames).toFixed(1)} ms, crop + models ${(modelsMs / frames).toFixed(1)} ms per frame)`);
         window.meshfer.stats = { frames, fps, landmarker_ms: landmarkerMs / frames, models_ms: modelsMs / frames };
       }
-      if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(() => step());
+      if (video.requestVideoFrameCallback) video.requestVideoFrameCallback((_, meta) => step(meta.mediaTime));
       else requestAnimationFrame(() => step());
     };
     step();
