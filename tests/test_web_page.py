@@ -270,3 +270,42 @@ def test_video_file(server, tmp_path: Path) -> None:
     assert abs(summary["duration_s"] - 6.0) < 0.3
     shares = summary["expression_shares"]
     assert shares["happy"] > 0.3 and shares["surprised"] > 0.3
+
+
+@needs_browser
+def test_turned_photo_and_group_photo_as_python(server, tmp_path: Path) -> None:
+    """What a phone and a group photo bring: an EXIF orientation (applied in both) and two faces (the
+    largest one read in both): the page's results are still `meshfer predict --json`'s."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    face = Image.open(PHOTOS / "face_happy" / "Adrien_Brody_0001.jpg").convert("RGB")
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the pixels are stored turned the other way
+    upright = Image.new("RGB", (350, 420), (90, 90, 90))
+    upright.paste(face, (0, 35))
+    upright.transpose(Image.Transpose.ROTATE_90).save(turned, quality=95, exif=exif)  # stored 420 x 350
+    other = Image.open(sorted((PHOTOS / "face_surprised").iterdir())[0]).convert("RGB")
+    group = Image.new("RGB", (760, 360), (90, 90, 90))  # a smaller surprised face beside the larger smile
+    group.paste(other.resize((260, 260)), (10, 50))
+    group.paste(face, (410, 5))
+    group_path = tmp_path / "group.jpg"
+    group.save(group_path, quality=95)
+    files = [str(turned), str(group_path)]
+    proc = subprocess.run([sys.executable, "-m", "meshfer", "predict", "--json", *files], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    expected = [json.loads(line) for line in proc.stdout.splitlines()]
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page, errors = _open(browser, server.url)
+        page.set_input_files("#file", files)
+        got = page.evaluate("window.meshfer.lastRun")
+        browser.close()
+    assert not errors
+    assert [e["expression"]["label"] for e in expected] == ["happy", "happy"] and expected[1]["faces_found"] == 2
+    assert got[0]["image_size"] == [350, 420] and got[1]["image_size"] == [760, 360]
+    for g, e in zip(got, expected):
+        assert g["faces_found"] == e["faces_found"] and g["expression"]["label"] == e["expression"]["label"]
+        assert max(abs(g["expression"]["probabilities"][k] - v) for k, v in e["expression"]["probabilities"].items()) <= 0.02

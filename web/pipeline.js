@@ -169,6 +169,6 @@ export class Pipeline {
     if (!faces.length) return { image: name, face: false, reason: 'no face found' };
     const { outputs, crop } = await this.run(faces[0], px);
     return { image: name, face: true, ...this.prediction(outputs), faces_found: faces[0].faces_found,
-      attempt: faces[0].attempt, mesh: faces[0], crop, outputs };
+      attempt: faces[0].attempt, image_size: px.size, mesh: faces[0], crop, outputs };
   }
 }
