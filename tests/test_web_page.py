@@ -273,9 +273,10 @@ def test_video_file(server, tmp_path: Path) -> None:
 
 
 @needs_browser
-def test_turned_photo_and_group_photo_as_python(server, tmp_path: Path) -> None:
-    """What a phone and a group photo bring: an EXIF orientation (applied in both) and two faces (the
-    largest one read in both): the page's results are still `meshfer predict --json`'s."""
+def test_turned_group_and_large_photos_as_python(server, tmp_path: Path) -> None:
+    """What phone and group photos bring: an EXIF orientation (applied in both), two faces (the largest
+    one read in both), more pixels than max_side (shrunk in both): the page's results are still
+    `meshfer predict --json`'s."""
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
@@ -292,7 +293,9 @@ def test_turned_photo_and_group_photo_as_python(server, tmp_path: Path) -> None:
     group.paste(face, (410, 5))
     group_path = tmp_path / "group.jpg"
     group.save(group_path, quality=95)
-    files = [str(turned), str(group_path)]
+    big = tmp_path / "big.jpg"  # past max_side: shrunk before the landmarker (the browser's resampling, not OpenCV's)
+    face.resize((2450, 2275), Image.Resampling.BICUBIC).save(big, quality=92)
+    files = [str(turned), str(group_path), str(big)]
     proc = subprocess.run([sys.executable, "-m", "meshfer", "predict", "--json", *files], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -304,8 +307,8 @@ def test_turned_photo_and_group_photo_as_python(server, tmp_path: Path) -> None:
         got = page.evaluate("window.meshfer.lastRun")
         browser.close()
     assert not errors
-    assert [e["expression"]["label"] for e in expected] == ["happy", "happy"] and expected[1]["faces_found"] == 2
-    assert got[0]["image_size"] == [350, 420] and got[1]["image_size"] == [760, 360]
+    assert [e["expression"]["label"] for e in expected] == ["happy"] * 3 and expected[1]["faces_found"] == 2
+    assert [g["image_size"] for g in got] == [[350, 420], [760, 360], [2450, 2275]]
     for g, e in zip(got, expected):
         assert g["faces_found"] == e["faces_found"] and g["expression"]["label"] == e["expression"]["label"]
         assert max(abs(g["expression"]["probabilities"][k] - v) for k, v in e["expression"]["probabilities"].items()) <= 0.02
