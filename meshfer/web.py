@@ -21,7 +21,7 @@ import mimetypes
 import os
 import threading
 from http import HTTPStatus
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def page_config() -> dict[str, Any]:
     }
 
 
-class _Handler(SimpleHTTPRequestHandler):
+class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
