@@ -3,9 +3,10 @@ and with the crop and the fused graph (onnxruntime-web), in VIDEO mode on a clip
 
 Feeds: docs/web.md (Speed).
 
-    python scripts/bench_web.py $MESHFER_SHARED/datasets/muxspace-dev [--frames 120] [--rounds 5] [--threads 1 2]
+    python scripts/bench_web.py $MESHFER_SHARED/datasets/muxspace-dev [--frames 120] [--rounds 5] [--configs ...]
 
-The clip (640x480 frames, each photo held for 10 frames) is decoded before timing; the two loops alternate,
+The clip (640x480 frames, each photo held for 10 frames) is decoded before timing; the landmarker alone and the
+whole pipeline (meshfer's VideoRunner: pipelined when the graph runs in its worker) alternate, in each page setting,
 round after round, and the medians are printed. Uses Debian's chromium (or $MESHFER_CHROMIUM) through
 Playwright, and the page's npm packages (npm ci in web/)."""
 
@@ -23,8 +24,9 @@ import cv2
 import numpy as np
 
 _LOOP = """
-async ([count, rounds]) => {
+async ([count]) => {
   const p = window.meshfer.pipeline;
+  const { VideoRunner } = await import('./pipeline.js');
   const first = !window.benchFrames;
   if (first) {
     window.benchFrames = [];
@@ -33,28 +35,32 @@ async ([count, rounds]) => {
   }
   const bitmaps = window.benchFrames;
   const pass = async (models) => {
-    const times = { landmarker: 0, crop_models: 0 };
+    const sums = { landmarker: 0, crop: 0, graph: 0 };
     let faces = 0;
+    const runner = new VideoRunner(p);
+    const done = (f) => { if (f) { faces += f.outputs ? 1 : 0; sums.landmarker += f.landmarkerMs; sums.crop += f.cropMs; sums.graph += f.graphMs; } };
     const t0 = performance.now();
     for (const b of bitmaps) {
-      const a = performance.now();
-      const px = p.pixels(b, b.width, b.height);
-      const found = await p.detectVideo(px, ++window.benchTs);
-      const m = performance.now();
-      times.landmarker += m - a;
-      if (found.length) faces += 1;
-      if (models && found.length) { await p.run(found[0], px); times.crop_models += performance.now() - m; }
+      if (models) done(await runner.push(b, b.width, b.height, ++window.benchTs));
+      else {
+        const a = performance.now();
+        if ((await p.detectVideo(p.pixels(b, b.width, b.height), ++window.benchTs)).length) faces += 1;
+        sums.landmarker += performance.now() - a;
+      }
     }
-    const s = (performance.now() - t0) / 1000;
-    return { fps: bitmaps.length / s, landmarker_ms: times.landmarker / bitmaps.length,
-             crop_models_ms: times.crop_models / bitmaps.length, faces };
+    done(await runner.flush());
+    const n = bitmaps.length;
+    return { fps: n / ((performance.now() - t0) / 1000), landmarker_ms: sums.landmarker / n, crop_ms: sums.crop / n,
+             graph_ms: sums.graph / n, faces };
   };
   if (first) await pass(true);  // warm-up: graphs built, WASM compiled
-  const out = [];
-  for (let r = 0; r < rounds; r++) out.push({ alone: await pass(false), models: await pass(true) });
-  return out;
+  return [{ alone: await pass(false), models: await pass(true) }];
 }
 """
+
+#: Page settings compared (URL queries): the graph in a worker beside the landmarker (the page's default,
+#: threads: the cores it leaves), or in the page's thread on 2 threads or 1.
+CONFIGS = {"worker": "", "in-page, 2 threads": "?worker=0&threads=2", "in-page, 1 thread": "?worker=0&threads=1"}
 
 
 def _clip(photos: Path, frames: int, hold: int = 10) -> list[bytes]:
@@ -79,7 +85,7 @@ def main() -> None:
     parser.add_argument("photos", type=Path, help="a folder of face_<label> photo folders")
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="onnxruntime-web threads to compare")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="page settings to compare")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -88,32 +94,34 @@ def main() -> None:
 
     chromium = os.environ.get("MESHFER_CHROMIUM") or shutil.which("chromium")
     clip = _clip(args.photos, args.frames)
-    rounds: dict[int, list] = {t: [] for t in args.threads}
+    rounds: dict[str, list] = {c: [] for c in args.configs}
     with PageServer(0) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         pages = {}
-        for t in args.threads:
-            page = pages[t] = browser.new_page()
+        for name in args.configs:
+            page = pages[name] = browser.new_page()
             page.route("**/bench/*.jpg", lambda route: route.fulfill(
                 body=clip[int(route.request.url.rsplit("/", 1)[1].split(".")[0])], content_type="image/jpeg"))
-            page.goto(f"{server.url}?threads={t}")
+            page.goto(server.url + CONFIGS[name])
             page.evaluate("window.meshfer.ready")
-            assert page.evaluate("window.meshfer.pipeline.threads") == t, "the page is not cross-origin isolated"
-        for _ in range(args.rounds):  # thread counts alternated, round after round
-            for t, page in pages.items():
-                rounds[t] += page.evaluate(_LOOP, [len(clip), 1])
+        threads = {name: page.evaluate("window.meshfer.pipeline.threads") for name, page in pages.items()}
+        for _ in range(args.rounds):  # the settings alternated, round after round
+            for name, page in pages.items():
+                rounds[name] += page.evaluate(_LOOP, [len(clip)])
         version = browser.version
         browser.close()
     print(f"headless Chromium {version} on {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{len(clip)} frames of 640x480, VIDEO mode; medians of {args.rounds} alternated rounds")
-    for t, runs in rounds.items():
+    for name, runs in rounds.items():
         med = lambda kind, key: statistics.median(r[kind][key] for r in runs)  # noqa: E731
         alone, models = med("alone", "fps"), med("models", "fps")
-        print(f"onnxruntime-web on {t} thread{'s' if t > 1 else ''}:")
+        print(f"graph {name} (onnxruntime-web on {threads[name]} thread{'s' if threads[name] > 1 else ''}):")
         print(f"  landmarker alone:           {alone:6.1f} fps  (landmarker {med('alone', 'landmarker_ms'):.1f} ms per frame)")
         print(f"  landmarker + crop + graph:  {models:6.1f} fps  (landmarker {med('models', 'landmarker_ms'):.1f} ms, "
-              f"crop + graph {med('models', 'crop_models_ms'):.1f} ms per frame)")
-        print(f"  with the models / alone:    {models / alone:.2f}x; faces found in {runs[0]['models']['faces']}/{len(clip)} frames")
+              f"crop {med('models', 'crop_ms'):.1f} ms, graph {med('models', 'graph_ms'):.1f} ms per frame)")
+        ratios = sorted(r["models"]["fps"] / r["alone"]["fps"] for r in runs)
+        print(f"  with the models / alone:    {statistics.median(ratios):.2f}x (median of the rounds' own ratios; "
+              f"{ratios[0]:.2f}-{ratios[-1]:.2f}); faces found in {runs[0]['models']['faces']}/{len(clip)} frames")
     print(json.dumps(rounds))
 
 

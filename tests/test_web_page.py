@@ -98,7 +98,8 @@ def _open(browser, url: str):
         errors.append(f"request outside the server: {route.request.url}")
         route.abort()
 
-    page.route(lambda u: not u.startswith(url), outside)
+    base = url.split("?", 1)[0]
+    page.route(lambda u: not u.startswith(base), outside)
     page.goto(url)
     page.evaluate("window.meshfer.ready")
     return page, errors
@@ -312,3 +313,26 @@ def test_turned_group_and_large_photos_as_python(server, tmp_path: Path) -> None
     for g, e in zip(got, expected):
         assert g["faces_found"] == e["faces_found"] and g["expression"]["label"] == e["expression"]["label"]
         assert max(abs(g["expression"]["probabilities"][k] - v) for k, v in e["expression"]["probabilities"].items()) <= 0.02
+
+
+@needs_browser
+def test_graph_in_the_page_thread_equals_the_worker(server) -> None:
+    """`?worker=0` runs the graph in the page's own thread (on 2 threads): the same results as in the worker."""
+    from playwright.sync_api import sync_playwright
+
+    photos = [str(p) for files in sample_images(PHOTOS, 1).values() for p in files]
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        got = {}
+        for query in ("", "?worker=0&threads=2"):
+            page, errors = _open(browser, server.url + query)
+            worker, threads = page.evaluate("[window.meshfer.pipeline.worker, window.meshfer.pipeline.threads]")
+            assert worker is (not query) and (threads == 2 or not query)
+            page.set_input_files("#file", photos)
+            got[query] = page.evaluate("window.meshfer.lastRun")
+            assert not errors
+        browser.close()
+    worker, in_page = got.values()
+    assert [g["expression"]["label"] for g in worker] == [g["expression"]["label"] for g in in_page]
+    assert max(abs(a["expression"]["probabilities"][k] - v) for a, b in zip(worker, in_page)
+               for k, v in b["expression"]["probabilities"].items()) < 1e-5

@@ -3,7 +3,7 @@
 // temporal.js's; this file only draws. `window.meshfer` lets scripts (the tests, the benchmark)
 // drive the page and read its results.
 
-import { Pipeline } from './pipeline.js';
+import { Pipeline, VideoRunner } from './pipeline.js';
 import { Stream, formatSummary } from './temporal.js';
 
 const COLOURS = { angry: '#e53935', disgusted: '#8e24aa', fear: '#5e35b1', happy: '#fdd835', neutral: '#90a4ae',
@@ -125,45 +125,51 @@ function addImageRow(r) {
 /** Analyse frames of a <video> (webcam or file) until stopped or the file ends. */
 async function runVideo(video, label) {
   stream = new Stream(pipeline.config);
+  const runner = new VideoRunner(pipeline);
   const started = performance.now();
-  let frames = 0, landmarkerMs = 0, modelsMs = 0, lastMs = -1;
+  const totals = { frames: 0, landmarker: 0, crop: 0, graph: 0 };
+  let lastMs = -1;
   $('live').hidden = false;
   const run = { stop: false, finish: null };
   running = run;
   $('stop').disabled = false; $('webcam').disabled = true;
+
+  const show = (frame) => {  // a finished frame: the record, the picture, the panel
+    if (!frame || run.stop) return;
+    Object.assign(totals, { frames: totals.frames + 1, landmarker: totals.landmarker + frame.landmarkerMs,
+      crop: totals.crop + frame.cropMs, graph: totals.graph + frame.graphMs });
+    const record = stream.push(frame.t, frame.outputs);
+    let result = { face: false };
+    if (frame.outputs) {
+      result = { face: true, ...pipeline.prediction(frame.outputs), mesh: frame.faces[0], attempt: 'video', faces_found: frame.faces[0].faces_found };
+      // Video shows the smoothed expression (label and bars), as meshfer video does.
+      if (record.expression) result.expression = { label: record.expression, probabilities: record.expression_probabilities };
+    }
+    drawFrame(frame.px.canvas, frame.px.width, frame.px.height, result);
+    drawPanel(result);
+    drawTimeline();
+    const n = totals.frames, fps = n / ((performance.now() - started) / 1000);
+    $('summary').textContent = formatSummary(stream.summary(fps));
+    status(`${label}: ${n} frames, ${fps.toFixed(1)} fps (per frame: landmarker ${(totals.landmarker / n).toFixed(1)} ms, ` +
+      `crop ${(totals.crop / n).toFixed(1)} ms, graph ${(totals.graph / n).toFixed(1)} ms${runner.pipelined ? ' beside it' : ''})`);
+    window.meshfer.stats = { frames: n, fps, landmarker_ms: totals.landmarker / n, crop_ms: totals.crop / n,
+      graph_ms: totals.graph / n, pipelined: runner.pipelined };
+  };
+
   await new Promise((resolve) => {
     run.finish = resolve;  // stop() ends the run at once: a stopped camera sends no more frames
-    video.addEventListener('ended', () => resolve(), { once: true });  // no frame callback comes after the last
+    let inflight = Promise.resolve();
+    // The last frames: the one being looked at, then the one the graph still holds.
+    video.addEventListener('ended', () => inflight.then(() => runner.flush()).then(show).then(resolve), { once: true });
     const step = async (mediaTime = null) => {
-      if (run.stop || video.ended) { resolve(); return; }
+      if (run.stop || video.ended) return;
       if (video.readyState >= 2 && video.videoWidth) {
         const now = performance.now(), ts = Math.max(Math.round(now), lastMs + 1);
         lastMs = ts;
-        const px = pipeline.pixels(video, video.videoWidth, video.videoHeight);
-        const faces = await pipeline.detectVideo(px, ts);
-        const t1 = performance.now();
-        let result = { face: false }, outputs = null;
-        if (faces.length) {
-          const ran = await pipeline.run(faces[0], px);
-          outputs = ran.outputs;
-          result = { face: true, ...pipeline.prediction(outputs), mesh: faces[0], attempt: 'video', faces_found: faces[0].faces_found };
-        }
-        const t2 = performance.now();
-        if (run.stop) return;
-        landmarkerMs += t1 - now; modelsMs += t2 - t1; frames += 1;
         // A video file's frames carry their own time (as meshfer video reads a file's); the webcam's is the clock's.
         const t = video.srcObject || mediaTime === null ? (now - started) / 1000 : mediaTime;
-        const record = stream.push(t, outputs);
-        // Video shows the smoothed expression (label and bars), as meshfer video does.
-        if (record.expression) result.expression = { label: record.expression, probabilities: record.expression_probabilities };
-        drawFrame(video, video.videoWidth, video.videoHeight, result);
-        drawPanel(result);
-        drawTimeline();
-        const fps = frames / ((performance.now() - started) / 1000);
-        const summary = stream.summary(fps);
-        $('summary').textContent = formatSummary(summary);
-        status(`${label}: ${frames} frames, ${fps.toFixed(1)} fps (landmarker ${(landmarkerMs / frames).toFixed(1)} ms, crop + models ${(modelsMs / frames).toFixed(1)} ms per frame)`);
-        window.meshfer.stats = { frames, fps, landmarker_ms: landmarkerMs / frames, models_ms: modelsMs / frames };
+        inflight = runner.push(video, video.videoWidth, video.videoHeight, ts, t);
+        show(await inflight);
       }
       if (video.requestVideoFrameCallback) video.requestVideoFrameCallback((_, meta) => step(meta.mediaTime));
       else requestAnimationFrame(() => step());
@@ -214,8 +220,9 @@ async function onFiles(files) {
 window.meshfer = {
   ready: (async () => {
     try {
-      const threads = new URLSearchParams(location.search).get('threads');  // e.g. ?threads=1
-      pipeline = await Pipeline.create('./', threads ? Number(threads) : null);
+      const query = new URLSearchParams(location.search);  // ?threads=N, ?worker=0: to compare
+      pipeline = await Pipeline.create('./', { worker: query.get('worker') !== '0',
+        threads: query.has('threads') ? Number(query.get('threads')) : null });
       drawPanel(null);
       status(`ready (models loaded in ${(pipeline.loadMs / 1000).toFixed(1)} s): open an image, a video or the webcam`);
       $('webcam').disabled = false;

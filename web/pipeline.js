@@ -5,8 +5,8 @@
 // image size and crop in; every task's output out), so no feature code is written twice.
 
 import { FilesetResolver, FaceLandmarker } from './vendor/tasks-vision/vision_bundle.mjs';
-import * as ort from './vendor/ort/ort.wasm.min.mjs';
 import { alignCrop } from './crop.js';
+import { loadGraph } from './graph.js';
 
 const roundHalfEven = (v) => { const r = Math.round(v); return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r; };
 
@@ -18,23 +18,27 @@ function canvas(w, h) {
 
 export class Pipeline {
   /** Load the page's config, the landmarker(s) and the fused graph (await Pipeline.create()).
+   *  `worker`: run the graph in a worker thread, beside the landmarker (default), or in this one.
    *  `threads`: onnxruntime-web's threads (more than one needs a cross-origin isolated page, as
-   *  meshfer web serves it); default: the cores, at most 4. */
-  static async create(base = './', threads = null) {
+   *  meshfer web serves it); default: the cores left by the landmarker (in a worker) or all, at most 4. */
+  static async create(base = './', { worker = true, threads = null } = {}) {
     const p = new Pipeline();
-    p.config = await (await fetch(new URL('config.json', new URL(base, location.href)))).json();
+    const root = new URL(base, location.href);
+    p.config = await (await fetch(new URL('config.json', root))).json();
     const lm = p.config.landmarker;
     const t0 = performance.now();
-    p.fileset = await FilesetResolver.forVisionTasks(new URL('vendor/tasks-vision/wasm', new URL(base, location.href)).href);
-    p.modelBuffer = new Uint8Array(await (await fetch(lm.url)).arrayBuffer());
+    p.fileset = await FilesetResolver.forVisionTasks(new URL('vendor/tasks-vision/wasm', root).href);
+    p.modelBuffer = new Uint8Array(await (await fetch(new URL(lm.url, root))).arrayBuffer());
     p.strict = await p.landmarker('IMAGE', lm.min_face_detection_confidence, lm.min_face_presence_confidence, lm.faces_sought);
     p.permissive = null;
     p.video = null;
-    ort.env.wasm.wasmPaths = new URL('vendor/ort/', new URL(base, location.href)).href;
-    ort.env.wasm.numThreads = self.crossOriginIsolated ? (threads ?? Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
-    p.threads = ort.env.wasm.numThreads;
-    const graph = new Uint8Array(await (await fetch(p.config.graph.url)).arrayBuffer());
-    p.session = await ort.InferenceSession.create(graph, { executionProviders: ['wasm'] });
+    const cores = navigator.hardwareConcurrency || 1;
+    p.threads = self.crossOriginIsolated ? (threads ?? Math.max(1, Math.min(4, worker ? cores - 1 : cores))) : 1;
+    const bytes = new Uint8Array(await (await fetch(new URL(p.config.graph.url, root))).arrayBuffer());
+    const wasmPaths = new URL('vendor/ort/', root).href;
+    p.graph = worker ? await WorkerGraph.load(new URL('graph-worker.js', import.meta.url), bytes, wasmPaths, p.threads)
+      : await loadGraph(bytes, wasmPaths, p.threads);
+    p.worker = worker;
     p.loadMs = performance.now() - t0;
     p.tasks = Object.keys(p.config.tasks);
     return p;
@@ -127,26 +131,23 @@ export class Pipeline {
     return faces;
   }
 
-  /** The fused graph on one face: each task's raw output ({expression: [K], eye: [[C], [C]],
-   *  gaze: [2], mouth: [C]}); `px` the pixels the face was found in (for the crop). */
-  async run(face, px) {
-    const spec = this.config.crop;
-    const crop = alignCrop(px.rgba, px.width, px.height, face.landmarks, spec);
-    const feeds = {
-      landmarks: new ort.Tensor('float32', face.landmarks, [1, 478, 3]),
-      blendshapes: new ort.Tensor('float32', face.blendshapes, [1, face.blendshapes.length]),
-      image_sizes: new ort.Tensor('float32', Float32Array.from(face.size), [1, 2]),
-    };
-    if (this.session.inputNames.includes('crop')) feeds.crop = new ort.Tensor('float32', Float32Array.from(crop), [1, spec.size, spec.size]);
-    const out = await this.session.run(feeds);
-    const get = (name) => Array.from(out[name].data, Number);
-    const outputs = {};
-    for (const task of this.tasks) {
-      if (!(task in out)) continue;
-      const v = get(task);
-      outputs[task] = task === 'eye' ? [v.slice(0, v.length / 2), v.slice(v.length / 2)] : v;
-    }
-    return { outputs, crop };
+  /** The fused graph on one face: {outputs: each task's raw output ({expression: [K], eye: [[C], [C]],
+   *  gaze: [2], mouth: [C]}), crop, cropMs, graphMs}; `px` the pixels the face was found in. The crop
+   *  is cut at once (it reads the pixels); the graph may run in the worker while the caller goes on. */
+  run(face, px) {
+    const t0 = performance.now();
+    const crop = alignCrop(px.rgba, px.width, px.height, face.landmarks, this.config.crop);
+    const cropMs = performance.now() - t0;
+    return this.graph.run({ landmarks: face.landmarks, blendshapes: face.blendshapes, size: face.size, crop })
+      .then(({ outputs: raw, ms }) => {
+        const outputs = {};
+        for (const task of this.tasks) {
+          if (!(task in raw)) continue;
+          const v = raw[task];
+          outputs[task] = task === 'eye' ? [v.slice(0, v.length / 2), v.slice(v.length / 2)] : v;
+        }
+        return { outputs, crop, cropMs, graphMs: ms };
+      });
   }
 
   /** One face's outputs as `meshfer predict --json` prints them. */
@@ -170,5 +171,73 @@ export class Pipeline {
     const { outputs, crop } = await this.run(faces[0], px);
     return { image: name, face: true, ...this.prediction(outputs), faces_found: faces[0].faces_found,
       attempt: faces[0].attempt, image_size: px.size, mesh: faces[0], crop, outputs };
+  }
+}
+
+/** The graph in graph-worker.js, with loadGraph's interface. */
+class WorkerGraph {
+  static async load(url, bytes, wasmPaths, threads) {
+    const g = new WorkerGraph();
+    g.worker = new Worker(url, { type: 'module' });
+    g.pending = new Map();
+    g.next = 0;
+    g.worker.onmessage = ({ data }) => {
+      const { resolve, reject } = g.pending.get(data.id);
+      g.pending.delete(data.id);
+      data.type === 'error' ? reject(new Error(`the graph's worker: ${data.message}`)) : resolve(data);
+    };
+    g.worker.onerror = (e) => { for (const { reject } of g.pending.values()) reject(new Error(`the graph's worker: ${e.message}`)); };
+    g.inputNames = (await g.send({ type: 'load', bytes, wasmPaths, threads })).inputNames;
+    g.threads = threads;
+    return g;
+  }
+
+  send(message) {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ ...message, id });
+    });
+  }
+
+  run(face) { return this.send({ type: 'run', face }); }
+}
+
+/** Frames of a video or webcam through the pipeline, in VIDEO mode. With the graph in a worker the
+ *  frames are pipelined: the landmarker looks at frame t while the graph runs on frame t-1, so push()
+ *  returns the frame before the one given (null at first) and flush() the last one. A finished frame:
+ *  {px, timestampMs, t, faces, outputs (null without a face), landmarkerMs, cropMs, graphMs}. */
+export class VideoRunner {
+  constructor(pipeline, pipelined = pipeline.worker) {
+    this.pipeline = pipeline;
+    this.pipelined = pipelined;
+    this.previous = null;
+  }
+
+  /** `timestampMs`: MediaPipe's (increasing); `t`: the frame's time in seconds, kept with it. */
+  async push(source, width, height, timestampMs, t = timestampMs / 1000) {
+    const t0 = performance.now();
+    const px = this.pipeline.pixels(source, width, height);
+    const faces = await this.pipeline.detectVideo(px, timestampMs);
+    const frame = { px, timestampMs, t, faces, landmarkerMs: performance.now() - t0, cropMs: 0, graphMs: 0 };
+    frame.pending = faces.length ? this.pipeline.run(faces[0], px) : Promise.resolve(null);
+    if (!this.pipelined) return this.finish(frame);
+    const previous = this.previous;
+    this.previous = frame;
+    return previous ? this.finish(previous) : null;
+  }
+
+  async flush() {
+    const previous = this.previous;
+    this.previous = null;
+    return previous ? this.finish(previous) : null;
+  }
+
+  async finish(frame) {
+    const ran = await frame.pending;
+    delete frame.pending;
+    frame.outputs = ran ? ran.outputs : null;
+    if (ran) { frame.cropMs = ran.cropMs; frame.graphMs = ran.graphMs; }
+    return frame;
   }
 }
