@@ -65,14 +65,16 @@ def web_root(path: str | Path | None = None) -> Path:
 
 def page_config() -> dict[str, Any]:
     """What the page needs to know to do what the package does, from the package itself."""
-    from .crops import ANCHORS
+    from .crops import DEFAULT_CROP
     from .landmarks import BLENDSHAPE_NAMES, IMAGE_FACES_SOUGHT, MAX_SIDE, LandmarkerOptions
-    from .models.fused import DEFAULT_FUSED, fused_dir
+    from .models.fused import fused_manifest
     from .models.registry import get_card
     from .predict import EYE_SIDES
     from .temporal import EYE_CLOSED, GAZE_RANGE, MOUTH_OPEN, TemporalConfig
 
-    manifest = json.loads((fused_dir() / f"{DEFAULT_FUSED}.json").read_text())
+    manifest = fused_manifest()
+    if manifest is None:
+        raise MeshferError("no fused graph of the default models to serve (python -m meshfer.models.fused builds it)")
     tasks: dict[str, Any] = {}
     for task, member in manifest["members"].items():
         card = get_card(member["name"], task)
@@ -94,7 +96,7 @@ def page_config() -> dict[str, Any]:
             "attempts": [dataclasses.asdict(a) for a in options.attempts],
             "blendshapes": list(BLENDSHAPE_NAMES),
         },
-        "crop": {**tasks.get("expression", {}).get("crop", {}), "anchors": list(ANCHORS)},
+        "crop": tasks.get("expression", {}).get("crop") or DEFAULT_CROP.to_dict(),
         "tasks": tasks,
         "eye_sides": list(EYE_SIDES),
         "eye_closed": EYE_CLOSED,
@@ -127,8 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         path = self.path.split("?", 1)[0].split("#", 1)[0].lstrip("/")
         if path == "config.json":
-            body = json.dumps(self.server.config).encode()
-            return self._send(body, "application/json", head)
+            return self._send(self.server.config, "application/json", head)
         file = self.server.resolve(path)
         if file is None:
             return self.send_error(HTTPStatus.NOT_FOUND, "not found")
@@ -149,7 +150,8 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], root: Path, models: dict[str, Path], config: dict[str, Any],
                  log: Any) -> None:
-        self.root, self.models, self.config, self.log = root, models, config, log
+        self.root, self.models, self.log = root, models, log
+        self.config = json.dumps(config).encode()
         super().__init__(address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -185,14 +187,11 @@ class PageServer:
     def __init__(self, port: int = 8765, host: str = "127.0.0.1", *, root: str | Path | None = None,
                  landmarker: str | Path | None = None, log: Any = None) -> None:
         from .assets import resolve_landmarker
-        from .models.fused import DEFAULT_FUSED, fused_dir
+        from .models.fused import fused_file, fused_manifest
 
         self.root = web_root(root)
         config = page_config()
-        graph = fused_dir() / config["graph"]["url"].rsplit("/", 1)[-1]
-        if not graph.is_file():
-            raise MeshferError(f"{graph}: the fused graph of the default models is missing "
-                               f"(python -m meshfer.models.fused builds it; {DEFAULT_FUSED}.json names it)")
+        graph = fused_file(fused_manifest())  # checked by its SHA-256, as the Python side loads it
         models = {graph.name: graph, "face_landmarker.task": resolve_landmarker(landmarker)}
         try:
             self._server = _Server((host, port), self.root, models, config, log)

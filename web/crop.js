@@ -52,7 +52,7 @@ function grey(rgba, width, x0, y0, x1, y1) {
   return out;
 }
 
-const roundEven = (v) => {  // cvRound: to nearest, ties to even
+export const roundEven = (v) => {  // cvRound (and Python's round): to nearest, ties to even
   const r = Math.round(v);
   return (r - v === 0.5 && r % 2 !== 0) ? r - 1 : r;
 };

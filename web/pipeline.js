@@ -5,10 +5,8 @@
 // image size and crop in; every task's output out), so no feature code is written twice.
 
 import { FilesetResolver, FaceLandmarker } from './vendor/tasks-vision/vision_bundle.mjs';
-import { alignCrop } from './crop.js';
+import { alignCrop, roundEven } from './crop.js';
 import { loadGraph } from './graph.js';
-
-const roundHalfEven = (v) => { const r = Math.round(v); return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r; };
 
 /** A canvas of `w` x `h` (an OffscreenCanvas where the browser has one). */
 function canvas(w, h) {
@@ -80,8 +78,8 @@ export class Pipeline {
       let image = px.canvas, pad = 0, inner = [px.width, px.height];
       if (attempt.pad > 0) {
         const scale = Math.min(1, lm.max_side / (Math.max(px.width, px.height) * (1 + 2 * attempt.pad)));
-        if (scale < 1) inner = [Math.max(1, roundHalfEven(px.width * scale)), Math.max(1, roundHalfEven(px.height * scale))];
-        pad = Math.max(1, roundHalfEven(Math.max(...inner) * attempt.pad));
+        if (scale < 1) inner = [Math.max(1, roundEven(px.width * scale)), Math.max(1, roundEven(px.height * scale))];
+        pad = Math.max(1, roundEven(Math.max(...inner) * attempt.pad));
         image = canvas(inner[0] + 2 * pad, inner[1] + 2 * pad);
         const ctx = image.getContext('2d');
         ctx.fillStyle = `rgb(${attempt.fill},${attempt.fill},${attempt.fill})`;

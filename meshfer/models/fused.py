@@ -217,35 +217,41 @@ def _matches(members: dict[str, Any], cards: dict[str, ModelCard]) -> bool:
     return set(members) == set(cards) and all(members[t]["sha256"] == c.sha256 for t, c in cards.items())
 
 
+def fused_manifest() -> dict[str, Any] | None:
+    """The manifest of the shipped fused graph (its file, SHA-256, inputs and members); None when none is shipped."""
+    import json
+
+    path = fused_dir() / f"{DEFAULT_FUSED}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fused_file(manifest: dict[str, Any]) -> Path:
+    """The fused graph's file, checked against its manifest's SHA-256 (ModelError when missing or changed)."""
+    from ..assets import sha256_of
+
+    file = fused_dir() / manifest["file"]
+    if not file.is_file() or sha256_of(file) != manifest["sha256"]:
+        raise ModelError(f"{file}: the fused model file is missing or was changed (rebuild it: python -m meshfer.models.fused)")
+    return file
+
+
 def default_fused(cards: dict[str, ModelCard]) -> FusedSession | None:
     """The shipped fused graph when its members are exactly ``cards`` (task -> card, compared by
     SHA-256); None otherwise (another model chosen, a task off, or no fused graph shipped)."""
-    import json
-
-    from ..assets import sha256_of
-
-    path = fused_dir() / f"{DEFAULT_FUSED}.json"
-    if not path.is_file():
+    manifest = fused_manifest()
+    if manifest is None or not _matches(manifest.get("members", {}), cards):
         return None
-    manifest = json.loads(path.read_text())
-    if not _matches(manifest.get("members", {}), cards):
-        return None
-    file = path.parent / manifest["file"]
-    if not file.is_file() or sha256_of(file) != manifest["sha256"]:
-        raise ModelError(f"{file}: the fused model file is missing or was changed (rebuild it: python -m meshfer.models.fused)")
-    return FusedSession(manifest, file)
+    return FusedSession(manifest, fused_file(manifest))
 
 
 def fused_status() -> str:
     """One line on the fused graph of the default models: what it holds, or why it is not used."""
-    import json
-
     from .registry import default_card
 
-    path = fused_dir() / f"{DEFAULT_FUSED}.json"
-    if not path.is_file():
+    manifest = fused_manifest()
+    if manifest is None:
         return "no fused graph of the default models (python -m meshfer.models.fused builds it)"
-    members = json.loads(path.read_text()).get("members", {})
+    members = manifest.get("members", {})
     cards = {task: card for task in FUSED_TASKS if (card := default_card(task)) is not None}
     names = ", ".join(m["name"] for m in members.values())
     if not _matches(members, cards):
